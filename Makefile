@@ -1,0 +1,40 @@
+# The two entry points. Each creates .venv when missing and installs what it needs first.
+# torch is pinned to the CPU build that lies on this machine's disk (and on CI's): an unpinned
+# torch would pull a multi-GB CUDA build. Override with `make TORCH_SPEC='torch==X' ...` elsewhere.
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+PY          := $(VENV)/bin/python
+PIP         := $(PY) -m pip --disable-pip-version-check -q
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-all install bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when pyproject.toml changes.
+$(STAMP): pyproject.toml | $(PY)
+	$(PIP) install "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PIP) install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import tunesmith, torch, transformers, peft, bitsandbytes" 
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/tunesmith quickstart --out runs/quickstart --overwrite
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(VENV)/bin/pytest -m "" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PIP) install -e ".[test,bench]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) bench/sft_vs_trl.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
