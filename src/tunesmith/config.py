@@ -1,0 +1,235 @@
+"""The run config: one YAML file validated by pydantic, plus dotted overrides from the command line.
+
+`load_config("cfg.yaml", ["train.lr=1e-4"])` returns a validated `RunConfig` or raises `ConfigError`
+whose message names the key, what was wrong and the fix. Validation happens before anything heavy
+(no weights are loaded until the whole config is known to be good). Validators never rewrite what
+the user wrote; derived values are methods.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+Dtype = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    path: str = Field(description="Local directory or hub id (org/name) of a causal LM.")
+    dtype: Dtype = Field(
+        "auto",
+        description="Storage dtype of the frozen weights. auto: bf16 on a GPU that supports it, else fp32. "
+        "Trainable parameters are always kept in fp32 (master weights).",
+    )
+    quantization: Literal["none", "int8", "nf4"] = Field(
+        "none", description="Load the base through bitsandbytes: int8 (LLM.int8) or nf4 (QLoRA)."
+    )
+    double_quant: bool = Field(True, description="NF4 only: quantize the absmax constants too (QLoRA).")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model. Off unless you trust it.")
+
+
+class DataConfig(_Section):
+    train: list[str] = Field(default_factory=list, description="Training files: JSON, JSONL(.gz), CSV, Parquet, or a saved `datasets` directory.")
+    eval: list[str] = Field(default_factory=list, description="Evaluation files; when empty, `eval_fraction` of train is held out.")
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of the training rows held out for eval loss when `data.eval` is empty.")
+    format: Literal["auto", "alpaca", "sharegpt", "messages", "text"] = Field(
+        "auto", description="Row format; auto detects it from the first row's fields."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map the format's field names to the file's, e.g. {instruction: question, output: answer}.",
+    )
+    max_length: int = Field(2048, gt=8, description="Tokens per training row (packed or padded).")
+    overlength: Literal["drop", "truncate", "error"] = Field(
+        "drop", description="Chat/instruction examples longer than max_length: drop them (counted), cut them, or stop. Text is split into blocks instead."
+    )
+    packing: bool = Field(False, description="Pack several examples per row, padding-free, with attention that cannot cross examples.")
+    on_error: Literal["raise", "skip"] = Field("raise", description="Bad rows stop the run with file:line (raise) or are skipped and counted (skip).")
+    train_on_prompt: bool = Field(False, description="Also put labels on system/user turns (default: assistant turns only).")
+    chat_template: str = Field(
+        "auto", description="auto: the tokenizer's template, else ChatML; 'chatml'; or a Jinja template string."
+    )
+
+    @field_validator("train", "eval", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class AdapterConfig(_Section):
+    type: Literal["none", "lora"] = Field("lora", description="none = full fine-tuning; lora = LoRA via PEFT (QLoRA with model.quantization: nf4).")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha; the update is scaled by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Preset ('all-linear', 'attention', 'mlp') or explicit module names (q_proj, v_proj, ...)."
+    )
+    modules_to_save: list[str] = Field(default_factory=list, description="Modules trained in full next to the adapter (e.g. lm_head, embed_tokens).")
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-4, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data; ignored when max_steps > 0.")
+    max_steps: int = Field(0, ge=0, description="Optimizer steps; 0 = as many as `epochs` takes.")
+    micro_batch_size: int = Field(4, gt=0, description="Rows per forward pass per process.")
+    grad_accum_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    warmup_steps: int = Field(0, ge=0)
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Floor of the decay as a fraction of lr.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = "adamw"
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip the global grad norm to this; 0 disables clipping.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Compute precision (autocast). auto: bf16 on a GPU that supports it, else fp32."
+    )
+    gradient_checkpointing: bool = False
+    loss_chunk_size: int = Field(
+        2048, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy (the (B,T,V) logits never exist at once); 0 = plain loss."
+    )
+    save_every: int = Field(500, ge=0, description="Checkpoint every N optimizer steps (0 = only the final result).")
+    keep_checkpoints: int = Field(2, ge=0, description="Keep the newest N checkpoints (0 = keep all).")
+    eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0 = only at the end).")
+    early_stopping_patience: int = Field(0, ge=0, description="Stop after N evals without improvement (0 = off).")
+    early_stopping_min_delta: float = Field(0.0, ge=0.0)
+    log_every: int = Field(1, gt=0)
+    seed: int = 42
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    progress: bool = Field(True, description="Show a progress bar on stderr.")
+
+    @model_validator(mode="after")
+    def _exclusive_warmup(self) -> TrainConfig:
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError("`train.warmup_steps` and `train.warmup_ratio` are exclusive; set one")
+        if self.early_stopping_patience and not self.eval_every:
+            raise ValueError("`train.early_stopping_patience` needs `train.eval_every` > 0 (evals to compare)")
+        return self
+
+    def warmup_for(self, total_steps: int) -> int:
+        return self.warmup_steps or int(round(self.warmup_ratio * total_steps))
+
+
+class RunConfig(_Section):
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    method: Literal["sft", "pretrain"] = Field("sft", description="Training objective.")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = Field("runs/run", description="The run directory (refused when non-empty unless --overwrite or --resume).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.model.quantization != "none" and self.adapter.type == "none":
+            raise ValueError(
+                f"`model.quantization: {self.model.quantization}` needs an adapter: quantized weights cannot be "
+                "trained in full; set `adapter.type: lora` (QLoRA) or `model.quantization: none`"
+            )
+        if self.method == "pretrain" and self.data.format not in ("auto", "text"):
+            raise ValueError("`method: pretrain` trains on raw text; set `data.format: text` (or auto)")
+        return self
+
+    def dump(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """`["train.lr=1e-4", "data.train=[a.jsonl,b.jsonl]"]` -> nested dict; values parsed as YAML."""
+    tree: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or key.startswith(".") or key.endswith("."):
+            raise ConfigError(f"override `{item}` is not of the form key.sub=value (e.g. train.lr=1e-4)")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override `{item}`: `{p}` is already set to a value, not a section")
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _describe(err: dict, schema: type[BaseModel]) -> str:
+    loc = tuple(p for p in err["loc"] if not isinstance(p, int) or True)
+    key = ".".join(str(p) for p in loc) if loc else "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(schema, loc)
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"did you mean `{'.'.join(map(str, loc[:-1] + (close[0],)))}`?" if close else f"known keys here: {', '.join(known)}"
+        return f"`{key}` is not a config key; {hint}"
+    if kind == "missing":
+        return f"`{key}` is required; add it to the config (or pass {key}=...)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":
+        return msg if not loc else f"`{key}`: {msg}"
+    got = err.get("input")
+    shown = repr(got) if not isinstance(got, dict) else "a mapping"
+    return f"`{key}` = {shown}: {msg}"
+
+
+def validate_config(raw: dict[str, Any], schema: type[BaseModel] = RunConfig, source: str = "config") -> Any:
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        lines = [_describe(err, schema) for err in e.errors()]
+        raise ConfigError(f"{source}: invalid config\n  - " + "\n  - ".join(lines)) from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections (model:, data:, train:, ...)")
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None, schema: type[BaseModel] = RunConfig) -> Any:
+    """Read YAML (optional), apply dotted overrides, validate. Raises ConfigError naming the key."""
+    raw = read_yaml(path) if path else {}
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return validate_config(raw, schema, source=str(path) if path else "command line")

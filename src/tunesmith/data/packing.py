@@ -1,0 +1,87 @@
+"""Rows for the model: padding-free packing and collation.
+
+A row is a list of segments (examples). `position_ids` restart at 0 for each segment, and the
+model is called with `attention_mask=None`: transformers then derives a block-diagonal causal
+mask from the restarts (`find_packed_sequence_indices`), so no example attends to another
+(PITFALLS 2). The first label of each segment is ignored, so no token is ever predicted from the
+previous example's last token. Unpacked rows are the one-segment case of the same thing, padded
+on the right; with a causal mask real tokens never see the padding, so no attention mask is
+needed there either.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import torch
+
+from .encode import IGNORE_INDEX, Encoded
+
+
+@dataclass
+class Row:
+    segments: list[Encoded] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    @property
+    def n_labels(self) -> int:
+        return sum(s.n_labels for s in self.segments)
+
+
+def pack(examples: list[Encoded], max_length: int, seed: int = 0) -> list[Row]:
+    """First-fit decreasing into rows of at most max_length tokens, then shuffled (seeded).
+
+    FFD keeps padding below a few percent; the shuffle undoes its sort by length so a batch is not
+    all long or all short examples.
+    """
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))
+    rows: list[Row] = []
+    free: list[int] = []
+    for i in order:
+        n = len(examples[i])
+        if n > max_length:
+            raise ValueError(f"{examples[i].where}: {n} tokens > max_length {max_length}; filter before packing")
+        for r, space in enumerate(free):
+            if space >= n:
+                rows[r].segments.append(examples[i])
+                free[r] -= n
+                break
+        else:
+            rows.append(Row([examples[i]]))
+            free.append(max_length - n)
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def unpacked(examples: list[Encoded]) -> list[Row]:
+    return [Row([e]) for e in examples]
+
+
+def collate(rows: list[Row], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+    """(B, T) input_ids, labels and position_ids, right-padded to the longest row of the batch."""
+    longest = max(len(r) for r in rows)
+    T = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), T), dtype=torch.long)
+    for b, row in enumerate(rows):
+        t = 0
+        for seg in row.segments:
+            n = len(seg)
+            input_ids[b, t : t + n] = torch.tensor(seg.input_ids)
+            labels[b, t : t + n] = torch.tensor(seg.labels)
+            labels[b, t] = IGNORE_INDEX  # never predicted from the previous segment
+            position_ids[b, t : t + n] = torch.arange(n)
+            t += n
+        # The padding tail continues the last segment's positions: causal attention keeps it out of
+        # every real token, and an unpacked row stays one sequence (the fast plain causal mask).
+        position_ids[b, t:] = torch.arange(n, n + T - t)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+
+
+def count_label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Tokens that contribute to the loss: labels after the one-position shift."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

@@ -1,0 +1,295 @@
+"""Read data files into rows: plain dicts that remember where they came from.
+
+Every reader is a generator, so a multi-GB JSONL or Parquet file streams instead of landing in memory
+(JSON arrays are the exception: the standard library cannot stream them). Each row carries `where`, a
+location a person can open in an editor or index with `ds[i]`:
+
+    JSONL, CSV, TSV, TXT   "file:LINE"      1-based physical line (for CSV the header is line 1;
+                                            for TXT the paragraph's first line)
+    JSON array             "file:[I]"       0-based element index ("file:data[I]" for {"data": [...]})
+    Parquet, saved dataset "file:row I"     0-based row index, as in `ds[I]`
+
+Problems with a file itself (missing, unknown kind, invalid JSON, ragged CSV) raise `DataError` with
+that location. Whether a row's *fields* make sense is for `formats.py` to judge.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from tunesmith.errors import DataError
+
+SUPPORTED = (
+    ".jsonl / .ndjson (one object per line), .json (an array of objects, or {\"data\": [...]}), "
+    ".csv / .tsv (a header row), .txt (paragraphs separated by blank lines), each optionally .gz; "
+    ".parquet; a directory written by `datasets.save_to_disk`; or a hub dataset as hf://org/name[:split]"
+)
+_KINDS = (  # longest suffix first, so ".jsonl.gz" is not taken for ".gz"
+    (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"),
+    (".csv", "csv"), (".tsv", "tsv"), (".txt", "txt"), (".parquet", "parquet"),
+)
+# org/name or org/name:split, e.g. "openai/gsm8k:test"; only tried when no such local path exists.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(:[\w.-]+)?$")
+_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Row:
+    data: dict[str, Any]
+    where: str
+
+
+def read_rows(path: str | Path) -> Iterator[Row]:
+    """Yield the rows of one data source, lazily.
+
+    The source is checked here, so a missing file or an unknown kind fails at the call rather than at
+    the first `next()`; the rows themselves are read as they are consumed.
+    """
+    text = str(path)
+    if text.startswith("hf://"):
+        return _read_hub(text[len("hf://"):])
+    p = Path(path)
+    if p.is_dir():
+        return _read_saved_dataset(p)
+    kind = _kind_of(p)
+    if not p.exists():
+        # "org/name" is a hub id only when it cannot be a local path: no extension we read and no
+        # local "org" directory (so a typo in "data/train.jsonl" is reported as a missing file).
+        if kind is None and _HUB_ID.match(text) and not Path(text.split("/")[0]).exists():
+            return _read_hub(text)
+        raise DataError(f"{p}: no such file. Supported: {SUPPORTED}")
+    if kind is None:
+        raise DataError(f"{p}: unknown kind of data file '{p.suffix or p.name}'. Supported: {SUPPORTED}")
+    return _READERS[kind](p)
+
+
+def _kind_of(p: Path) -> str | None:
+    name = p.name.lower().removesuffix(".gz")
+    for suffix, kind in _KINDS:
+        if name.endswith(suffix):
+            # gzip only for the line-based text kinds; a .parquet.gz is not something pyarrow reads
+            return None if kind == "parquet" and p.name.lower().endswith(".gz") else kind
+    return None
+
+
+def _open_text(p: Path) -> IO[str]:
+    # newline="" keeps "\r\n" inside quoted CSV fields intact (the csv module asks for it); the
+    # line-based readers strip line ends themselves. utf-8-sig drops the BOM spreadsheets write.
+    if p.name.lower().endswith(".gz"):
+        return gzip.open(p, "rt", encoding="utf-8-sig", newline="")
+    return open(p, encoding="utf-8-sig", newline="")
+
+
+def _lines(p: Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line without its end); undecodable bytes become a DataError."""
+    lineno = 0
+    try:
+        with _open_text(p) as f:
+            for lineno, line in enumerate(f, 1):
+                yield lineno, line.rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        # decoding runs a chunk ahead of the lines handed out, so the line is a lower bound
+        raise DataError(f"{p}: not UTF-8 text after line {lineno} ({e.reason}); re-save it as UTF-8") from None
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{p}: cannot read ({e})") from None
+
+
+def _read_jsonl(p: Path) -> Iterator[Row]:
+    for lineno, line in _lines(p):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); "
+                "a JSONL file holds exactly one JSON object per line"
+            ) from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{p}:{lineno}: expected a JSON object {{...}} on each line, got {_json_type(obj)}")
+        yield Row(obj, f"{p}:{lineno}")
+
+
+def _read_json(p: Path) -> Iterator[Row]:
+    try:
+        with _open_text(p) as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{p}:{e.lineno}:{e.colno}: invalid JSON ({e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text ({e.reason}); re-save the file as UTF-8") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{p}: cannot read ({e})") from None
+    records, prefix = _records_of(p, doc)
+    for i, obj in enumerate(records):
+        where = f"{p}:{prefix}[{i}]"
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object {{...}} for each record, got {_json_type(obj)}")
+        yield Row(obj, where)
+
+
+def _records_of(p: Path, doc: Any) -> tuple[list[Any], str]:
+    """The list of records in a JSON document, and the key it sat under ("" for a top-level array)."""
+    if isinstance(doc, list):
+        return doc, ""
+    if isinstance(doc, dict):
+        lists = [k for k, v in doc.items() if isinstance(v, list)]
+        if len(lists) == 1:
+            key = lists[0]
+            if key in ("conversations", "messages"):
+                raise DataError(
+                    f"{p}: looks like a single record ({{\"{key}\": [...]}}); put records in a JSON "
+                    "array [{...}, {...}] or write one object per line to a .jsonl file"
+                )
+            return doc[key], key
+        found = f"keys holding lists: {', '.join(lists)}" if lists else f"keys: {', '.join(map(str, doc)) or 'none'}"
+        raise DataError(
+            f"{p}: expected a JSON array of records [{{...}}, ...] or an object with one list of records "
+            f"like {{\"data\": [...]}}; found an object with {found}"
+        )
+    raise DataError(f"{p}: expected a JSON array of records [{{...}}, ...], got {_json_type(doc)}")
+
+
+def _read_csv(p: Path, delimiter: str = ",") -> Iterator[Row]:
+    # csv.reader rather than DictReader: DictReader silently skips blank lines (which moves rows away
+    # from the line numbers we report) and files ragged rows under a None key.
+    csv.field_size_limit(2**31 - 1)  # the 128 KiB default is too small for long documents
+    header: list[str] | None = None
+    try:
+        with _open_text(p) as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            end = 0  # physical line where the previous record ended; the next starts after it
+            for fields in reader:
+                start, end = end + 1, reader.line_num
+                if not fields:  # blank line
+                    continue
+                if header is None:
+                    header = _check_header(p, start, fields)
+                    continue
+                if len(fields) != len(header):
+                    raise DataError(
+                        f"{p}:{start}: {len(fields)} fields but the header (line 1) has {len(header)}; "
+                        "quote fields that contain the delimiter, quotes or line breaks"
+                    )
+                yield Row(dict(zip(header, fields)), f"{p}:{start}")
+    except csv.Error as e:
+        raise DataError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{p}: not UTF-8 text after line {reader.line_num} ({e.reason}); re-save it as UTF-8") from None
+    except (OSError, EOFError) as e:
+        raise DataError(f"{p}: cannot read ({e})") from None
+
+
+def _check_header(p: Path, lineno: int, fields: list[str]) -> list[str]:
+    names = [f.strip() for f in fields]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes or "" in names:
+        problem = f"repeated column names {dupes}" if dupes else "an empty column name"
+        raise DataError(f"{p}:{lineno}: the header row has {problem}; each column needs a distinct name")
+    return names
+
+
+def _read_tsv(p: Path) -> Iterator[Row]:
+    return _read_csv(p, delimiter="\t")
+
+
+def _read_txt(p: Path) -> Iterator[Row]:
+    start, para = 0, []
+    for lineno, line in _lines(p):
+        if line.strip():
+            if not para:
+                start = lineno
+            para.append(line)
+        elif para:
+            yield Row({"text": "\n".join(para)}, f"{p}:{start}")
+            para = []
+    if para:
+        yield Row({"text": "\n".join(para)}, f"{p}:{start}")
+
+
+def _read_parquet(p: Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(p)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError depending on the damage
+        raise DataError(f"{p}: not a readable Parquet file ({e})") from None
+    i = 0
+    for batch in pf.iter_batches(batch_size=_BATCH):
+        for record in batch.to_pylist():
+            yield Row(record, f"{p}:row {i}")
+            i += 1
+
+
+def _read_saved_dataset(p: Path) -> Iterator[Row]:
+    if (p / "dataset_dict.json").exists():
+        try:
+            splits = json.loads((p / "dataset_dict.json").read_text())["splits"]
+        except (OSError, ValueError, KeyError, TypeError):
+            splits = sorted(d.name for d in p.iterdir() if (d / "state.json").exists())
+        options = ", ".join(f"{p}/{s}" for s in splits)
+        raise DataError(f"{p}: holds several splits ({', '.join(splits)}); point at one of them: {options}")
+    if not ((p / "state.json").exists() or (p / "dataset_info.json").exists()):
+        raise DataError(
+            f"{p}: a directory, but not one written by `datasets.save_to_disk` (no state.json); "
+            f"point at a data file instead. Supported: {SUPPORTED}"
+        )
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(p))
+    except Exception as e:
+        raise DataError(f"{p}: cannot load the saved dataset ({e})") from None
+    return _dataset_rows(ds, str(p))
+
+
+def _read_hub(spec: str) -> Iterator[Row]:
+    name, _, split = spec.partition(":")
+    split = split or "train"
+    where = f"hf://{name}:{split}"
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # network, auth, unknown name or split: all need the same advice
+        raise DataError(
+            f"{where}: cannot load from the Hugging Face Hub ({type(e).__name__}: {e}); check the name and "
+            "split, or download the data and point at the local file"
+        ) from None
+    yield from _dataset_rows(ds, where)
+
+
+def _dataset_rows(ds: Any, where: str) -> Iterator[Row]:
+    import datasets
+
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"{where}: holds several splits ({', '.join(ds)}); name one, e.g. {where}/{next(iter(ds))}")
+    i = 0
+    for batch in ds.with_format(None).iter(batch_size=_BATCH):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            yield Row(dict(zip(columns, values)), f"{where}:row {i}")
+            i += 1
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "true/false"}.get(
+        type(v), "null" if v is None else "a number"
+    )
+
+
+_READERS = {
+    "jsonl": _read_jsonl,
+    "json": _read_json,
+    "csv": _read_csv,
+    "tsv": _read_tsv,
+    "txt": _read_txt,
+    "parquet": _read_parquet,
+}

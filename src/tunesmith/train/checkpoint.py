@@ -1,0 +1,159 @@
+"""Checkpoints that survive SIGKILL at any moment, and resume that reproduces the run exactly.
+
+A checkpoint is written into `checkpoints/.tmp-step-N/`, ends with `manifest.json` (size and
+sha256 of every file), and only then is renamed to `checkpoints/step-N/`: a directory with that
+name is complete by construction. On resume the manifest is checked again, so a checkpoint that
+was damaged later (truncated copy, disk error) is reported and skipped for the previous one.
+
+Contents: `trainable.safetensors` (every parameter that requires grad, fp32 master copy),
+`optimizer.pt` and `scheduler.pt` (tensors and numbers only, loaded with `weights_only=True`:
+nothing is unpickled), `rng-<rank>.pt` (torch, CUDA and Python RNG states), `state.json`
+(step, tokens, early-stopping state; the data position follows from the step).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().to("cpu", copy=True).contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, rank: int = 0,
+                    world_size: int = 1, barrier=lambda: None) -> Path:
+    """Every rank writes its RNG state; rank 0 writes the rest and commits with the rename."""
+    final = ckpt_root / f"step-{step}"
+    tmp = ckpt_root / f".tmp-step-{step}"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier()
+    torch.save(rng_state(), tmp / f"rng-{rank}.pt")
+    if rank == 0:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "world_size": world_size}, indent=2))
+    barrier()
+    if rank == 0:
+        files = sorted(p for p in tmp.iterdir() if p.is_file())
+        for p in files:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+        manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        _fsync_dir(ckpt_root)
+    barrier()
+    return final
+
+
+def verify(ckpt: Path) -> str | None:
+    """None when complete and intact, else what is wrong."""
+    mf = ckpt / MANIFEST
+    if not mf.is_file():
+        return "no manifest (incomplete write)"
+    try:
+        manifest = json.loads(mf.read_text())
+    except json.JSONDecodeError:
+        return "unreadable manifest"
+    for name, meta in manifest.items():
+        p = ckpt / name
+        if not p.is_file():
+            return f"{name} is missing"
+        if p.stat().st_size != meta["bytes"]:
+            return f"{name} has {p.stat().st_size} bytes, expected {meta['bytes']}"
+        if _sha256(p) != meta["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def list_checkpoints(ckpt_root: Path) -> list[Path]:
+    if not ckpt_root.is_dir():
+        return []
+    found = [p for p in ckpt_root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def latest_valid(ckpt_root: Path, warn=print) -> Path | None:
+    for ckpt in reversed(list_checkpoints(ckpt_root)):
+        problem = verify(ckpt)
+        if problem is None:
+            return ckpt
+        warn(f"skipping checkpoint {ckpt}: {problem}")
+    return None
+
+
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG; return state.json."""
+    weights = load_file(str(ckpt / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(weights) != expected:
+        raise RuntimeError(f"checkpoint {ckpt} does not fit this model: {len(set(weights) ^ expected)} parameter names differ")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    rng_file = ckpt / f"rng-{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=True))
+    return json.loads((ckpt / "state.json").read_text())
+
+
+def prune(ckpt_root: Path, keep: int) -> None:
+    if keep <= 0:
+        return
+    for old in list_checkpoints(ckpt_root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,56 @@
+"""The module the loop trains: a causal LM whose forward returns summed token losses.
+
+Why a wrapper module rather than calling `model(...).logits`: the lm_head and the cross-entropy
+are fused and chunked (train/losses.py), so the (B, T, V) logits never exist at once, and the
+wrapper is what DDP/FSDP wrap, so their forward hooks see the whole computation. The decoder is
+always called with `attention_mask=None`, `use_cache=False` and explicit `position_ids`: that is
+how transformers recognises packed rows and keeps examples from attending to each other (a cache
+object would switch that detection off).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .losses import IGNORE_INDEX, cross_entropy_sum, fused_linear_cross_entropy
+
+
+def base_causal_lm(model):
+    """The transformers model under a PEFT wrapper (LoRA layers are injected in place)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class CausalLMLoss(nn.Module):
+    def __init__(self, model: nn.Module, chunk_size: int = 2048):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+
+    def _fusable(self) -> tuple[nn.Module, nn.Linear] | None:
+        base = base_causal_lm(self.model)
+        head = base.get_output_embeddings()
+        cfg = base.config
+        plain_head = type(head) is nn.Linear  # a LoRA-wrapped or modules_to_save head takes the plain path
+        prompt_learning = getattr(getattr(self.model, "peft_config", {}).get("default", None), "is_prompt_learning", False)
+        if self.chunk_size <= 0 or not plain_head or prompt_learning or getattr(cfg, "logit_scale", None):
+            return None
+        return base.get_decoder(), head
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum over labelled positions of -log p(label[t+1] | tokens[..t]); the caller normalises."""
+        targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+        parts = self._fusable()
+        if parts is None:
+            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits  # (B, T, V)
+            return cross_entropy_sum(logits[:, :-1].flatten(0, 1), targets.flatten())
+        decoder, head = parts
+        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)
+        hidden = hidden[:, :-1].flatten(0, 1)  # (N, H)
+        targets = targets.flatten()
+        keep = targets != IGNORE_INDEX
+        # Only labelled rows go through the vocabulary projection: prompts and padding cost nothing there.
+        softcap = getattr(base_causal_lm(self.model).config, "final_logit_softcapping", None)
+        return fused_linear_cross_entropy(hidden[keep], head.weight, targets[keep], bias=head.bias,
+                                          chunk_size=self.chunk_size, softcap=softcap)

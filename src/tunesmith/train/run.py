@@ -1,0 +1,213 @@
+"""`tunesmith train`: config -> run directory. Builds what the loop needs, in dependency order, then
+hands over to `train_loop`, then writes the result, the plots and the report.
+
+Order matters: the config is validated first (no weight is loaded for a config that will fail),
+then the run directory is claimed, then the tokenizer (the data needs it), the data (bad rows
+fail before the model costs memory), the model, the adapter, the optimizer, and only then is a
+checkpoint restored into them.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..adapters import apply_adapter
+from ..config import RunConfig, load_config
+from ..data.pipeline import prepare_data
+from ..errors import ConfigError, TrainingError, UserError
+from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
+from ..objectives import get_objective
+from . import checkpoint as ckpt
+from .forward import CausalLMLoss, base_causal_lm
+from .loop import LoopParts, LoopState, evaluate, train_loop
+from .metrics import MetricsLog, Progress, fmt_count
+from .optim import build_optimizer, build_scheduler
+from .report import write_report
+from .sampler import StepSampler
+from .trackers import Trackers
+
+# Keys that may change between a run and its resumption without breaking exact reproduction.
+RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.keep_checkpoints", "train.eval_every",
+                     "train.progress", "train.report_to", "train.early_stopping_patience", "train.log_every"}
+
+
+def say(msg: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def claim_run_dir(cfg: RunConfig, overwrite: bool, resume: bool) -> Path:
+    run_dir = Path(cfg.output_dir)
+    busy = run_dir.exists() and any(run_dir.iterdir())
+    if busy and resume:
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
+            old = _flat(load_config(saved).model_dump(mode="json"))
+            new = _flat(cfg.model_dump(mode="json"))
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+            if changed:
+                raise ConfigError(f"--resume: the config differs from the run in {run_dir} in {changed}; "
+                                  "resume with the same config, or start a new run in another output_dir")
+        return run_dir
+    if busy and not overwrite:
+        raise UserError(f"output_dir {run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                        "or set output_dir to a new directory")
+    if busy:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def build_model(cfg: RunConfig, device: torch.device):
+    """Base model (maybe quantized) + adapter, with trainable parameters in fp32."""
+    compute = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16 if cfg.train.precision == "fp16" else torch.float32
+    model = load_model(cfg.model, compute_dtype=compute, device=device)
+    gc_kwargs = {"use_reentrant": False}  # reentrant checkpointing leaves LoRA B at zero (PITFALLS 14)
+    if cfg.model.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    if cfg.adapter.type == "none":
+        model.requires_grad_(True)
+    model = apply_adapter(model, cfg.adapter)
+    # Master weights: whatever trains is fp32, whatever the storage dtype (PITFALLS 13).
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    base_causal_lm(model).config.use_cache = False
+    return model
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path) -> Path:
+    """adapter/ (PEFT format) or model/ (safetensors in the storage dtype), with the tokenizer and its
+    chat template, written into a temp dir and renamed into place."""
+    name = "model" if cfg.adapter.type == "none" else "adapter"
+    final, tmp = run_dir / name, run_dir / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    if cfg.adapter.type == "none":
+        dtype = resolve_dtype(cfg.model.dtype)
+        state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+    else:
+        model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return final
+
+
+def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *, overwrite: bool = False,
+          resume: bool = False, callbacks: list[Callable] | None = None) -> dict:
+    """Run one training job; returns the summary that report.md is written from."""
+    from accelerate import Accelerator
+
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("`train.precision: fp16` needs a GPU; on the CPU use bf16 or fp32")
+    precision = cfg.train.precision
+    if precision == "auto":
+        precision = "bf16" if resolve_dtype("auto") == torch.bfloat16 else "fp32"
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    main = acc.is_main_process
+    t_begin = time.time()
+
+    run_dir = claim_run_dir(cfg, overwrite, resume) if main else Path(cfg.output_dir)
+    acc.wait_for_everyone()
+    if main:
+        (run_dir / "config.yaml").write_text(cfg.dump())
+    torch.manual_seed(cfg.train.seed)
+
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
+    data = prepare_data(cfg.data, tokenizer, seed=cfg.train.seed)
+    for note in data.notes:
+        say(f"data: {note}")
+    ex = data.stats["examples"]
+    say(f"data: {ex['count']} examples, {data.stats['rows']} rows, tokens/example p50 {ex.get('p50')} p90 {ex.get('p90')} "
+        f"max {ex.get('max')}, {data.stats['label_tokens']} label tokens, {data.stats['eval_examples']} eval examples")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    sampler = StepSampler(len(data.train), cfg.train.micro_batch_size, cfg.train.grad_accum_steps, acc.num_processes)
+    if sampler.steps_per_epoch == 0:
+        raise ConfigError(f"{len(data.train)} training rows cannot fill one step of {sampler.global_batch} rows "
+                          "(micro_batch_size x grad_accum_steps x processes); lower them or add data")
+    total_steps = sampler.total_steps(cfg.train.epochs, cfg.train.max_steps)
+
+    model = build_model(cfg, acc.device)
+    trainable, total = count_parameters(model)
+    if trainable == 0:
+        raise TrainingError("no parameter is trainable; check adapter.type and adapter.target_modules")
+    say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%)")
+    wrapper = CausalLMLoss(model, cfg.train.loss_chunk_size)
+    optimizer = build_optimizer(wrapper, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps)
+
+    state = LoopState()
+    if resume:
+        found = ckpt.latest_valid(run_dir / "checkpoints", warn=say)
+        if found is None:
+            say(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
+        else:
+            saved = ckpt.load_checkpoint(found, wrapper, optimizer, scheduler, rank=acc.process_index)
+            state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
+            say(f"resumed from {found} (step {state.step})")
+    wrapper, optimizer = acc.prepare(wrapper, optimizer)
+
+    log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=state.step) if main else None
+    trackers = Trackers(cfg.train.report_to if main else [], run_dir, cfg.model_dump(mode="json"), run_dir.name)
+    progress = Progress(total_steps, initial=state.step, enabled=cfg.train.progress and main)
+    parts = LoopParts(wrapper, get_objective(cfg.method, cfg), optimizer, scheduler, acc, data.train, data.eval, pad_id,
+                      run_dir, log, progress, trackers, list(callbacks or []))
+    try:
+        state = train_loop(parts, cfg, state, total_steps)
+        final_eval, _ = evaluate(parts, cfg)
+        if data.eval and main:
+            log.log({"step": state.step, "eval_loss": final_eval})
+            parts.trackers.log({"eval_loss": final_eval}, state.step)
+    finally:
+        progress.close()
+        trackers.close()
+        if log is not None:
+            log.close()
+
+    model = acc.unwrap_model(wrapper).model
+    acc.wait_for_everyone()
+    summary = {
+        "name": run_dir.name, "method": cfg.method, "model": cfg.model.path,
+        "adapter": cfg.adapter.type, "quantization": cfg.model.quantization, "precision": precision,
+        "trainable_params": trainable, "total_params": total, "steps": state.step, "max_steps": total_steps,
+        "tokens": state.tokens, "duration_s": round(time.time() - t_begin, 2), "peak_memory_bytes": _peak_memory(acc.device),
+        "stop_reason": state.stop_reason, "final_loss": state.last_loss, "final_eval_loss": final_eval,
+        "data": data.stats, "notes": data.notes, "run_dir": str(run_dir),
+    }
+    if main:
+        summary["output"] = str(save_result(cfg, model, tokenizer, run_dir))
+        write_report(run_dir, summary)
+        say(f"done: {state.stop_reason}; final loss {state.last_loss:.4f}; result in {summary['output']}; report {run_dir / 'report.md'}")
+    acc.wait_for_everyone()
+    return summary
