@@ -107,7 +107,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             h = hidden.index_select(0, rows_c)  # (C, H)
             t = targets.index_select(0, rows_c)  # (C,)
             z = h @ weight.T if bias is None else torch.addmm(bias, h, weight.T)
-            z = z.to(acc_dtype)  # (C, V); the only full-vocabulary block besides its softmax
+            z = z.to(acc_dtype)  # (C, V) fp32: with its softmax grad, the peak of this loop
             if logit_scale != 1.0:
                 z.mul_(logit_scale)
             if softcap is not None:
