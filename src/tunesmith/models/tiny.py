@@ -224,8 +224,9 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 def _apply_umask(directory: Path) -> None:
-    """Give the files the permissions a plain `open()` would: safetensors' atomic writer leaves
-    model.safetensors at 0600, which a server running as another user cannot read."""
+    """Give the files the permissions a plain `open()` would: save_pretrained leaves
+    model.safetensors at 0600 (seen with transformers 5.23), which a server running as another
+    user cannot read."""
     umask = os.umask(0)
     os.umask(umask)
     for path in directory.iterdir():
