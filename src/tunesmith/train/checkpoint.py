@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .metrics import plain_permissions
+
 MANIFEST = "manifest.json"
 
 
@@ -78,6 +80,7 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sta
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
     if rank == 0:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        plain_permissions(tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "world_size": world_size}, indent=2))

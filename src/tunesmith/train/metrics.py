@@ -18,6 +18,14 @@ from typing import IO, Any
 from tqdm import tqdm
 
 
+def plain_permissions(path: Path) -> None:
+    """Give `path` the mode a plain `open()` would (0666 minus the umask): mkstemp and safetensors'
+    writer create files 0600, which a server or a colleague running as another user cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so a reader sees the old file or the new one, never half of one."""
     path = Path(path)
@@ -28,6 +36,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        plain_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from ..objectives import get_objective
 from . import checkpoint as ckpt
 from .forward import CausalLMLoss, base_causal_lm
 from .loop import LoopParts, LoopState, evaluate, train_loop
-from .metrics import MetricsLog, Progress, fmt_count
+from .metrics import MetricsLog, Progress, fmt_count, plain_permissions
 from .optim import build_optimizer, build_scheduler
 from .report import write_report
 from .sampler import StepSampler
@@ -115,6 +115,9 @@ def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path) -> Path:
     else:
         model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    for p in tmp.iterdir():
+        if p.is_file():
+            plain_permissions(p)
     if final.exists():
         shutil.rmtree(final)
     os.rename(tmp, final)
