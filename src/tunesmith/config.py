@@ -98,7 +98,8 @@ class TrainConfig(_Section):
     )
     gradient_checkpointing: bool = False
     loss_chunk_size: int = Field(
-        2048, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy (the (B,T,V) logits never exist at once); 0 = plain loss."
+        2048, ge=0, description="Most tokens per chunk of the fused lm_head + cross-entropy (the (B,T,V) logits never exist at once); "
+        "chunks are also capped at 2^26 logits (256 MiB fp32), so large vocabularies get fewer rows; 0 = plain loss."
     )
     save_every: int = Field(500, ge=0, description="Checkpoint every N optimizer steps (0 = only the final result).")
     keep_checkpoints: int = Field(2, ge=0, description="Keep the newest N checkpoints (0 = keep all).")

@@ -245,7 +245,7 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
         if ref is None or p.dtype != ref.dtype:
             continue
         compared += 1
-        assert torch.equal(p.detach(), ref) is (n in frozen), n
+        assert torch.equal(p.detach().cpu(), ref) is (n in frozen), n
     assert compared >= (len(on_disk) if kind != "qlora" else 7)  # qlora: embeddings, 5 norms, lm_head
 
     # The final checkpoint holds exactly the trained parameters (the loop's wrapper adds `model.`).
