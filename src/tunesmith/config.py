@@ -97,6 +97,9 @@ class TrainConfig(_Section):
         "auto", description="Compute precision (autocast). auto: bf16 on a GPU that supports it, else fp32."
     )
     gradient_checkpointing: bool = False
+    fsdp: bool = Field(
+        False, description="Under torchrun/accelerate with several processes: shard parameters, gradients and optimizer "
+        "state with PyTorch FSDP2 (one group per decoder layer) instead of replicating them (DDP). Works on the CPU (gloo) too.")
     loss_chunk_size: int = Field(
         2048, ge=0, description="Most tokens per chunk of the fused lm_head + cross-entropy (the (B,T,V) logits never exist at once); "
         "chunks are also capped at 2^26 logits (256 MiB fp32), so large vocabularies get fewer rows; 0 = plain loss."
@@ -138,6 +141,9 @@ class RunConfig(_Section):
                 f"`model.quantization: {self.model.quantization}` needs an adapter: quantized weights cannot be "
                 "trained in full; set `adapter.type: lora` (QLoRA) or `model.quantization: none`"
             )
+        if self.train.fsdp and self.model.quantization != "none":
+            raise ValueError("`train.fsdp` cannot shard bitsandbytes-quantized weights; set `train.fsdp: false` "
+                             "(QLoRA's frozen 4-bit base is small: DDP replicates it cheaply) or `model.quantization: none`")
         if self.method == "pretrain" and self.data.format not in ("auto", "text"):
             raise ValueError("`method: pretrain` trains on raw text; set `data.format: text` (or auto)")
         return self

@@ -21,6 +21,7 @@ from ..config import RunConfig
 from ..data.packing import Row, collate
 from ..errors import TrainingError
 from . import checkpoint as ckpt
+from .fsdp import as_float, no_grad_sync
 from .sampler import StepSampler
 
 
@@ -118,7 +119,7 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
         loss_sum_local = torch.zeros((), dtype=torch.float64, device=acc.device)
         for m, batch in enumerate(batches):
             # Gradients are all-reduced only on the last micro-batch of the step.
-            sync = contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(model)
+            sync = contextlib.nullcontext() if m == len(batches) - 1 else no_grad_sync(model, acc)
             with sync:
                 with _autocast(cfg, acc.device):
                     loss_sum, metrics = objective.step(model, batch)
@@ -130,7 +131,7 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
         step_loss = (acc.reduce(loss_sum_local, reduction="sum") / global_units).item()
         if scaler:
             scaler.unscale_(opt)
-        grad_norm = float(acc.clip_grad_norm_(trainable, clip))
+        grad_norm = as_float(acc.clip_grad_norm_(trainable, clip))
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)) and scaler is None:
             last = ckpt.list_checkpoints(ckpt_root)
             raise TrainingError(

@@ -26,6 +26,7 @@ from ..errors import ConfigError, TrainingError, UserError
 from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
 from ..objectives import get_objective
 from . import checkpoint as ckpt
+from . import fsdp
 from .forward import CausalLMLoss, base_causal_lm
 from .loop import LoopParts, LoopState, evaluate, train_loop
 from .metrics import MetricsLog, Progress, fmt_count, plain_permissions
@@ -102,18 +103,19 @@ def _peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path) -> Path:
+def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dict | None = None) -> Path:
     """adapter/ (PEFT format) or model/ (safetensors in the storage dtype), with the tokenizer and its
-    chat template, written into a temp dir and renamed into place."""
+    chat template, written into a temp dir and renamed into place. `full_state`: the gathered state
+    dict of a sharded (FSDP) model, whose own parameters are only this rank's shards."""
     name = "model" if cfg.adapter.type == "none" else "adapter"
     final, tmp = run_dir / name, run_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg.adapter.type == "none":
         dtype = resolve_dtype(cfg.model.dtype)
-        state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+        state = {k: v.detach().to(dtype) for k, v in (full_state or model.state_dict()).items()}
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     else:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": full_state} if full_state else {}))
     tokenizer.save_pretrained(tmp)
     for p in tmp.iterdir():
         if p.is_file():
@@ -138,6 +140,8 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
+    if acc.num_processes > 1:
+        say(f"distributed: {acc.distributed_type.value} over {acc.num_processes} processes ({acc.device.type})")
     t_begin = time.time()
 
     run_dir = claim_run_dir(cfg, overwrite, resume) if main else Path(cfg.output_dir)
@@ -167,6 +171,10 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
         raise TrainingError("no parameter is trainable; check adapter.type and adapter.target_modules")
     say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%)")
     wrapper = CausalLMLoss(model, cfg.train.loss_chunk_size)
+    # FSDP shards before the optimizer exists, so the optimizer holds the sharded parameters.
+    own_fsdp = cfg.train.fsdp and acc.num_processes > 1 and acc.distributed_type.value != "FSDP"
+    if own_fsdp:
+        fsdp.shard(wrapper, list(base_causal_lm(model).get_decoder().layers))
     optimizer = build_optimizer(wrapper, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
 
@@ -179,7 +187,10 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
             saved = ckpt.load_checkpoint(found, wrapper, optimizer, scheduler, rank=acc.process_index)
             state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
             say(f"resumed from {found} (step {state.step})")
-    wrapper, optimizer = acc.prepare(wrapper, optimizer)
+    if own_fsdp:  # accelerate would wrap the sharded module in DDP as well
+        optimizer = acc.prepare(optimizer)
+    else:
+        wrapper, optimizer = acc.prepare(wrapper, optimizer)
 
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=state.step) if main else None
     trackers = Trackers(cfg.train.report_to if main else [], run_dir, cfg.model_dump(mode="json"), run_dir.name)
@@ -199,6 +210,10 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
             log.close()
 
     model = acc.unwrap_model(wrapper).model
+    # A sharded model is gathered into full tensors first (a collective: every rank calls it).
+    full_state = None
+    if fsdp.is_sharded(wrapper):
+        full_state = {k.removeprefix("model."): v for k, v in fsdp.full_model_state(acc.unwrap_model(wrapper)).items()}
     acc.wait_for_everyone()
     summary = {
         "name": run_dir.name, "method": cfg.method, "model": cfg.model.path,
@@ -209,7 +224,7 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
         "data": data.stats, "notes": data.notes, "run_dir": str(run_dir),
     }
     if main:
-        summary["output"] = str(save_result(cfg, model, tokenizer, run_dir))
+        summary["output"] = str(save_result(cfg, model, tokenizer, run_dir, full_state))
         write_report(run_dir, summary)
         say(f"done: {state.stop_reason}; final loss {state.last_loss:.4f}; result in {summary['output']}; report {run_dir / 'report.md'}")
     acc.wait_for_everyone()
