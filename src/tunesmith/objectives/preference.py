@@ -20,6 +20,7 @@ import torch
 from ..data.preference_encode import collate_kto, collate_pairs
 from ..data.preference_pipeline import prepare_preference_data
 from .logps import SequenceLogps, SequenceScores
+from .preference_report import report_sections
 from .preference_losses import PAIR_LOSSES, bradley_terry_loss, kto_loss
 from .reference import Reference, precompute
 
@@ -62,6 +63,9 @@ class _Paired:
 
     def setup(self, wrapper, data, pad_id: int, device, say=print) -> None:
         pass
+
+    def report_sections(self, run_dir) -> list[tuple[str, str]]:
+        return report_sections(run_dir, self.cfg.method if self.cfg.method != "dpo" else f"dpo ({self.cfg.dpo.loss})")
 
 
 class RewardObjective(_Paired):

@@ -17,16 +17,17 @@ from .task import INSTRUCTION, N_SENTENCES, sentence_pair
 _PAST = {present: past for present, past in world.ACTIONS}
 
 
-def _wrong(sentence: str, answer: str, rng: random.Random) -> str:
-    if rng.random() < 0.5:
+def _wrong(sentence: str, answer: str, rng: random.Random, copy_share: float) -> str:
+    if rng.random() < copy_share:
         return sentence  # not rewritten at all
     name, verb, rest = answer.split(" ", 2)
     other = rng.choice([p for p in _PAST.values() if p != verb])
     return f"{name} {other} {rest}"
 
 
-def past_tense_pairs(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Distinct sentences: no eval prompt occurs in training."""
+def past_tense_pairs(n_train: int, n_eval: int, seed: int = 0, copy_share: float = 0.5) -> tuple[list[dict], list[dict]]:
+    """Distinct sentences: no eval prompt occurs in training. `copy_share` of the rejected answers are
+    the unchanged sentence, the rest use a wrong verb."""
     if n_train + n_eval > N_SENTENCES // 2:
         raise ValueError(f"{n_train + n_eval} pairs asked of {N_SENTENCES} possible sentences; ask for fewer")
     rng = random.Random(seed)
@@ -37,7 +38,7 @@ def past_tense_pairs(n_train: int, n_eval: int, seed: int = 0) -> tuple[list[dic
         if sentence in seen:
             continue
         seen.add(sentence)
-        rows.append({"prompt": f"{INSTRUCTION}\n\n{sentence}", "chosen": answer, "rejected": _wrong(sentence, answer, rng)})
+        rows.append({"prompt": f"{INSTRUCTION}\n\n{sentence}", "chosen": answer, "rejected": _wrong(sentence, answer, rng, copy_share)})
     return rows[:n_train], rows[n_train:]
 
 

@@ -219,9 +219,9 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     }
     if main:
         summary["output"] = str(save_result(cfg, model, tokenizer, run_dir))
+        if hasattr(objective, "report_sections"):  # e.g. the preference curves and table
+            summary["sections"] = summary.get("sections", []) + objective.report_sections(run_dir)
         write_report(run_dir, summary)
-        if hasattr(objective, "extend_report"):
-            objective.extend_report(run_dir, summary)
         say(f"done: {state.stop_reason}; final loss {state.last_loss:.4f}; result in {summary['output']}; report {run_dir / 'report.md'}")
     acc.wait_for_everyone()
     return summary
