@@ -165,8 +165,9 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
                           "(micro_batch_size x grad_accum_steps x processes); lower them or add data")
     total_steps = sampler.total_steps(cfg.train.epochs, cfg.train.max_steps)
 
-    model = build_model(cfg, acc.device, head=getattr(objective, "head", "causal"))
-    if getattr(objective, "head", "causal") == "score":
+    head = getattr(objective, "head", "causal")  # "score": a reward model's scalar head
+    model = build_model(cfg, acc.device) if head == "causal" else build_model(cfg, acc.device, head=head)
+    if head == "score":
         base_causal_lm(model).config.pad_token_id = pad_id
     trainable, total = count_parameters(model)
     if trainable == 0:
