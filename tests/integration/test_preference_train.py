@@ -36,7 +36,8 @@ def one_thread():
 def pref_data(tmp_path_factory):
     d = tmp_path_factory.mktemp("pref")
     tr, ev = past_tense_pairs(96, 32, seed=1, copy_share=1.0)
-    for name, rows in (("train.jsonl", tr), ("eval.jsonl", ev), ("kto.jsonl", kto_rows(tr))):
+    # 33 KTO eval rows: the last eval batch of 4 holds a single example.
+    for name, rows in (("train.jsonl", tr), ("eval.jsonl", ev), ("kto.jsonl", kto_rows(tr)), ("kto_eval.jsonl", kto_rows(ev)[:33])):
         (d / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return d
 
@@ -46,8 +47,7 @@ def _run(tiny_dir, data: Path, out: Path, method: str, *extra, resume=False, cal
     ov = [f"model.path={tiny_dir}", f"data.train={train_file}", f"method={method}", "data.max_length=96",
           "dpo.max_prompt_length=48", "train.micro_batch_size=4", "train.precision=fp32", "train.progress=false",
           "train.lr=3e-3", "train.max_steps=4", "adapter.dropout=0", f"output_dir={out}", f"dpo.ref_cache_dir={out.parent / 'cache'}"]
-    if method != "kto":
-        ov.append(f"data.eval={data / 'eval.jsonl'}")
+    ov.append(f"data.eval={data / ('kto_eval.jsonl' if method == 'kto' else 'eval.jsonl')}")
     return train(None, ov + list(extra), overwrite=not resume, resume=resume, callbacks=callbacks)
 
 
@@ -70,6 +70,8 @@ def test_each_method_trains_a_few_steps(tiny_dir, pref_data, tmp_path, method, l
         assert train_recs[0]["rewards/margin"] == 0
     if method == "kto":
         assert train_recs[0]["loss"] == pytest.approx(0.5, abs=1e-6)  # 1 - σ(0) with r = z0 = 0
+    final_eval = [r for r in records if "eval_loss" in r][-1]
+    assert math.isfinite(final_eval["eval_loss"]) and "eval_rewards/chosen" in final_eval
     weights = load_file(str(run_dir / "adapter/adapter_model.safetensors"))
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and all(v.abs().max() > 0 for v in lora_b)  # B starts at zero: every one trained

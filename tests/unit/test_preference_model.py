@@ -120,3 +120,27 @@ def test_full_finetuning_reference_is_a_frozen_copy(tiny_dir, tok):
     frozen = objective.reference.frozen
     assert frozen is not None and not any(p.requires_grad for p in frozen.parameters())
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(frozen.parameters(), wrapper.parameters()))
+
+
+@pytest.mark.parametrize("head_trains", [False, True])
+def test_fused_token_logps_match_full_logits(head_trains):
+    """fp64, chunks of 10 over 37 rows: values and gradients (hidden; weight and bias when the head
+    trains, which takes the recompute-in-backward path) equal log_softmax over the full logits."""
+    from tunesmith.objectives.logps import fused_linear_token_logps
+
+    torch.manual_seed(0)
+    h = torch.randn(37, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 8, dtype=torch.float64, requires_grad=head_trains)
+    b = torch.randn(50, dtype=torch.float64, requires_grad=head_trains)
+    t, g = torch.randint(0, 50, (37,)), torch.randn(37, dtype=torch.float64)
+    out = fused_linear_token_logps(h, w, t, b, chunk_size=10)
+    (out * g).sum().backward()
+    params = [h, w, b] if head_trains else [h]
+    got = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    ref = (h @ w.T + b).log_softmax(-1).gather(1, t[:, None]).squeeze(1)
+    (ref * g).sum().backward()
+    torch.testing.assert_close(out, ref)
+    for a, p in zip(got, params):
+        torch.testing.assert_close(a, p.grad)

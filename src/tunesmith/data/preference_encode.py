@@ -141,10 +141,11 @@ def collate_pairs(rows: list[EncodedPair], pad_id: int) -> dict[str, torch.Tenso
     return batch
 
 
-def collate_kto(rows: list[EncodedKTO], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_kto(rows: list[EncodedKTO], pad_id: int, allow_single: bool = False) -> dict[str, torch.Tensor]:
     """The B examples, then B mismatched (prompt_i, completion_{i+1}) sequences for the KL estimate
-    (Ethayarajh et al. 2024, sec. 4.1): it needs at least 2 examples (PITFALLS 10)."""
-    if len(rows) < 2:
+    (Ethayarajh et al. 2024, sec. 4.1): it needs at least 2 examples (PITFALLS 10). `allow_single`
+    is for the last, odd eval batch only: its one example is its own "mismatched" pair."""
+    if len(rows) < 2 and not allow_single:
         raise DataError("KTO needs at least 2 examples per micro-batch for its KL estimate; set train.micro_batch_size >= 2")
     n = len(rows)
     seqs = [(r.prompt_ids, r.completion_ids) for r in rows]

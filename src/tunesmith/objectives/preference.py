@@ -124,7 +124,9 @@ class KTOObjective(_Paired):
     kind = "kto"
 
     def collate(self, rows, pad_id: int) -> dict:
-        return collate_kto(rows, pad_id)
+        # Training batches always hold micro_batch_size >= 2 rows (the config enforces it); only the
+        # tail of evaluation (run under no_grad) can hold one.
+        return collate_kto(rows, pad_id, allow_single=not torch.is_grad_enabled())
 
     def loss_units(self, batch: dict) -> int:
         return len(batch["kto_labels"])
