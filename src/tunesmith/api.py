@@ -42,4 +42,11 @@ def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False) -> 
     return run_quickstart(Path(out), overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart"]
+def score(model: str | Path, data: str | Path, out: str | Path | None = None, overwrite: bool = False, batch_size: int = 8) -> dict:
+    """Score prompt/response rows (or chosen/rejected pairs, with pairwise accuracy) with a reward model."""
+    from .score import score as _score
+
+    return _score(model, data, out=out, overwrite=overwrite, batch_size=batch_size)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "score"]

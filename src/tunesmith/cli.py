@@ -33,10 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--show", type=int, default=2, help="examples to print with their label mask")
 
-    p = sub.add_parser("train", help="train (sft, pretrain) with full fine-tuning, LoRA or QLoRA")
+    p = sub.add_parser("train", help="train (sft, pretrain, reward, dpo, kto) with full fine-tuning, LoRA or QLoRA")
     _add_run_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
+
+    p = sub.add_parser("score", help="score prompt/response pairs (or chosen/rejected pairs) with a trained reward model")
+    p.add_argument("model", help="a reward run directory, or its adapter/ or model/")
+    p.add_argument("data", help="JSONL/JSON/CSV rows {prompt, response} or {prompt, chosen, rejected}")
+    p.add_argument("--out", default=None, help="write one JSON line per row here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--batch-size", type=int, default=8)
 
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
@@ -71,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
             print(api.inspect_data(args.config, args.overrides, show=args.show))
         elif args.command == "train":
             api.train(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
+        elif args.command == "score":
+            result = api.score(args.model, args.data, out=args.out, overwrite=args.overwrite, batch_size=args.batch_size)
+            acc = f"; pairwise accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
+            print(f"scored {result['rows']} rows{acc}" + (f"; scores in {args.out}" if args.out else ""))
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
     except UserError as e:

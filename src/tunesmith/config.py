@@ -126,12 +126,30 @@ class TrainConfig(_Section):
         return self.warmup_steps or int(round(self.warmup_ratio * total_steps))
 
 
+class PreferenceConfig(_Section):
+    """`method: reward | dpo | kto` settings (the section is named `dpo`)."""
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "cpo", "orpo"] = Field(
+        "sigmoid", description="method: dpo only. sigmoid = DPO; ipo; hinge (SLiC); simpo, cpo, orpo need no reference model.")
+    beta: float = Field(0.1, gt=0, description="Strength of the KL constraint (DPO/IPO/hinge/KTO), SimPO/CPO reward scale, ORPO lambda.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="sigmoid only: assumed label noise (cDPO).")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin (gamma).")
+    cpo_alpha: float = Field(1.0, ge=0.0, description="CPO weight of the NLL term on the chosen response.")
+    max_prompt_length: int = Field(512, gt=0, description="The prompt keeps its last N tokens; must be < data.max_length.")
+    precompute_ref: bool = Field(
+        False, description="Compute the reference log-probs once before training and cache them on disk; otherwise the "
+        "reference runs each step (LoRA: the base with the adapter disabled; full: a frozen copy).")
+    ref_cache_dir: str = Field("", description="Where precomputed reference log-probs are cached; '' = ~/.cache/tunesmith/ref-logps.")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of desirable (label true) examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable (label false) examples.")
+
+
 class RunConfig(_Section):
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
-    method: Literal["sft", "pretrain"] = Field("sft", description="Training objective.")
+    method: Literal["sft", "pretrain", "reward", "dpo", "kto"] = Field("sft", description="Training objective.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: PreferenceConfig = Field(default_factory=PreferenceConfig, description="reward / dpo / kto settings.")
     output_dir: str = Field("runs/run", description="The run directory (refused when non-empty unless --overwrite or --resume).")
 
     @model_validator(mode="after")
@@ -146,6 +164,23 @@ class RunConfig(_Section):
                              "(QLoRA's frozen 4-bit base is small: DDP replicates it cheaply) or `model.quantization: none`")
         if self.method == "pretrain" and self.data.format not in ("auto", "text"):
             raise ValueError("`method: pretrain` trains on raw text; set `data.format: text` (or auto)")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_consistent(self) -> RunConfig:
+        if self.method not in ("reward", "dpo", "kto"):
+            return self
+        if self.data.format != "auto":
+            raise ValueError(f"`method: {self.method}` reads preference rows (prompt/chosen/rejected, HH transcripts or "
+                             "prompt/completion/label); set `data.format: auto` and map fields with `data.columns`")
+        if self.dpo.max_prompt_length >= self.data.max_length:
+            raise ValueError(f"`dpo.max_prompt_length` ({self.dpo.max_prompt_length}) must be < `data.max_length` "
+                             f"({self.data.max_length}) to leave room for the response")
+        if self.method == "kto" and self.train.micro_batch_size < 2:
+            raise ValueError("`method: kto` estimates the KL term from mismatched pairs within a micro-batch, so "
+                             "`train.micro_batch_size` must be >= 2 (PITFALLS 10)")
+        if self.method == "kto" and self.dpo.precompute_ref:
+            raise ValueError("`dpo.precompute_ref` is not available for `method: kto` (its KL pairs change every batch); set it to false")
         return self
 
     def dump(self) -> str:

@@ -33,6 +33,15 @@ def shard(wrapper: nn.Module, decoder_layers: list[nn.Module]) -> nn.Module:
     return wrapper
 
 
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks: the `layers` ModuleList of a Llama/Mistral/Qwen2 body (causal LM or
+    scalar-head model, under PEFT or not)."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and name.rsplit(".", 1)[-1] in ("layers", "h", "blocks") and len(mod):
+            return list(mod)
+    raise ValueError(f"train.fsdp: found no list of decoder layers in {type(model).__name__}")
+
+
 def is_sharded(module: nn.Module) -> bool:
     from torch.distributed.tensor import DTensor
 
