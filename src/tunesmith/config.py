@@ -215,6 +215,12 @@ class RunConfig(_Section):
                 "prepended to the whole row, so packed examples would share them and PEFT ignores the per-example "
                 "position_ids; set `data.packing: false`"
             )
+        if self.adapter.type == "dora" and self.model.quantization == "int8":
+            raise ValueError(
+                "`adapter.type: dora` on `model.quantization: int8` is not supported: PEFT 0.21's DoRA on an 8-bit "
+                "bitsandbytes layer fails in the forward (its int8 state is consumed by the weight-norm init); use "
+                "`model.quantization: nf4` (QDoRA) or `adapter.type: lora`"
+            )
         if self.adapter.init in ("pissa", "olora") and self.model.quantization != "none":
             raise ValueError(
                 f"`adapter.init: {self.adapter.init}` rewrites the base weights from their SVD/QR and cannot start from "

@@ -200,3 +200,44 @@ def test_modules_to_save_trains_embeddings(tmp_path, tiny_dir, alpaca64, spy):
     assert summary["trainable_params"] == L * 4 * (D + D) + vocab * D
     saved = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert saved["modules_to_save"] == ["embed_tokens"]
+
+
+QUANTIZED = [(q, m) for q in ("nf4", "int8") for m in METHODS if not (q == "int8" and m == "dora")]
+
+
+@pytest.mark.parametrize("quant, name", QUANTIZED)
+def test_method_on_a_quantized_base(quant, name, tmp_path, tiny_dir, alpaca64, spy):
+    """Every method trains on a bitsandbytes 4/8-bit base (DoRA on int8 is refused in config): the loss
+    falls, the count is the fp32 one, the quantized weights do not move, the adapter saves and loads."""
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.loading import load_model
+
+    adapter, lr, by_hand, _ = METHODS[name]
+    cfg = _config(tmp_path, tiny_dir, alpaca64, adapter, lr, steps=4, quantization=quant)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    summary = train(tmp_path / "cfg.yaml")
+    assert summary["trainable_params"] == by_hand and summary["quantization"] == quant
+    losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
+    assert losses[-1] < losses[0], losses
+    model, initial = spy["model"], spy["initial"]
+    quantized = [n for n, p in model.named_parameters() if p.dtype in (torch.uint8, torch.int8)]
+    assert quantized and all(torch.equal(model.get_parameter(n), initial[n]) for n in quantized)
+
+    ids = _batch(tok=__import__("transformers").AutoTokenizer.from_pretrained(tiny_dir))
+    base = load_model(ModelConfig(path=str(tiny_dir), dtype="fp32", quantization=quant), compute_dtype=torch.float32,
+                      device=torch.device("cpu"))
+    loaded = load_adapter(base, tmp_path / "run" / "adapter")
+    torch.testing.assert_close(_logits(loaded, ids), _logits(model, ids), atol=1e-4, rtol=1e-4)
+
+
+def test_cli_prints_the_count_and_rejects_a_foreign_option(tmp_path, tiny_dir, alpaca64, capsys):
+    from tunesmith.cli import main
+
+    adapter, lr, by_hand, _ = METHODS["prompt"]
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(_config(tmp_path, tiny_dir, alpaca64, adapter, lr, steps=1)))
+    assert main(["train", str(tmp_path / "cfg.yaml"), "adapter.r=8", "output_dir=" + str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "`adapter.r` applies to adapter.type lora / dora, not prompt; remove it" in err
+    assert main(["train", str(tmp_path / "cfg.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert f"closed form n·d = 8·64 = {by_hand:,} trainable parameters" in err and f"{by_hand:,} exactly" in err
