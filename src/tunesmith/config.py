@@ -215,6 +215,11 @@ class RunConfig(_Section):
                 "prepended to the whole row, so packed examples would share them and PEFT ignores the per-example "
                 "position_ids; set `data.packing: false`"
             )
+        if self.adapter.type == "prefix" and self.train.gradient_checkpointing:
+            raise ValueError(
+                "`adapter.type: prefix` cannot be combined with `train.gradient_checkpointing: true`: the prefix is a "
+                "key/value cache, which checkpointed layers recompute without (PEFT refuses it too); turn one off"
+            )
         if self.adapter.type == "dora" and self.model.quantization == "int8":
             raise ValueError(
                 "`adapter.type: dora` on `model.quantization: int8` is not supported: PEFT 0.21's DoRA on an 8-bit "

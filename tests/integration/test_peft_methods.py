@@ -241,3 +241,33 @@ def test_cli_prints_the_count_and_rejects_a_foreign_option(tmp_path, tiny_dir, a
     assert main(["train", str(tmp_path / "cfg.yaml")]) == 0
     err = capsys.readouterr().err
     assert f"closed form n·d = 8·64 = {by_hand:,} trainable parameters" in err and f"{by_hand:,} exactly" in err
+
+
+@pytest.mark.parametrize("name", ["prefix", "prompt", "ptuning", "adapter"])
+def test_loss_matches_peft_own_label_handling(name, tiny_dir, tok):
+    """Virtual tokens must not shift the labels: the loop's summed loss / label count equals the mean
+    loss PEFT computes itself when handed the labels (it pads them with -100 for the virtual tokens)."""
+    torch.manual_seed(0)
+    model = apply_adapter(_base(tiny_dir), AdapterConfig(**METHODS[name][0]))
+    ids = _batch(tok)
+    labels = ids.masked_fill(ids == tok.pad_token_id, -100)
+    labels[:, 0] = -100  # as collate does: the first token is never a label (else PEFT would predict it from the prompt)
+    positions = torch.arange(ids.shape[1]).expand_as(ids)
+    ours = CausalLMLoss(model, chunk_size=16)(ids, positions, labels) / (labels[:, 1:] != -100).sum()
+    with torch.no_grad():
+        theirs = model(input_ids=ids, labels=labels, use_cache=False).loss
+    torch.testing.assert_close(ours.detach(), theirs, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["prompt", "adapter", "dora"])
+def test_gradient_checkpointing(name, tmp_path, tiny_dir, alpaca64, spy):
+    """Non-reentrant checkpointing keeps every adapter parameter training (PITFALLS 14), virtual tokens and
+    hooked bottlenecks included (prefix + checkpointing is refused in config)."""
+    adapter, lr, _, _ = METHODS[name]
+    cfg = _config(tmp_path, tiny_dir, alpaca64, adapter, lr, steps=2)
+    cfg["train"]["gradient_checkpointing"] = True
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    train(tmp_path / "cfg.yaml")
+    for n, p in spy["model"].named_parameters():
+        if p.requires_grad:
+            assert not torch.equal(p.detach(), spy["initial"][n]), n

@@ -96,3 +96,9 @@ def test_merge_table():
     require_mergeable("dora")
     with pytest.raises(ConfigError, match="unknown adapter type 'loha'"):
         can_merge("loha")
+
+
+def test_prefix_with_gradient_checkpointing_is_refused():
+    msg = _err({**BASE, "adapter": {"type": "prefix"}, "train": {"gradient_checkpointing": True}})
+    assert "`adapter.type: prefix` cannot be combined with `train.gradient_checkpointing: true`" in msg
+    validate_config({**BASE, "adapter": {"type": "prompt"}, "train": {"gradient_checkpointing": True}})
