@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import re
 
-from torch import nn
-
 from .adapters import resolve_target_modules
 from .config import AdapterConfig
 
@@ -114,7 +112,3 @@ def closed_form_trainable(model, cfg: AdapterConfig) -> tuple[int, str]:
         text += f" + {extra:,} in modules_to_save"
     return n + extra, text
 
-
-def is_tied(model) -> bool:
-    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
-    return isinstance(head, nn.Module) and head.weight is emb.weight

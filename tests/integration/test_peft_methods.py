@@ -271,3 +271,34 @@ def test_gradient_checkpointing(name, tmp_path, tiny_dir, alpaca64, spy):
     for n, p in spy["model"].named_parameters():
         if p.requires_grad:
             assert not torch.equal(p.detach(), spy["initial"][n]), n
+
+
+@pytest.mark.parametrize("name", ["adapter", "prefix"])
+def test_resume_reproduces_the_run(name, tmp_path, tiny_dir, alpaca64):
+    """4 steps straight == 2 steps + resume to 4 (PITFALLS 18), for our own module and a PEFT prompt method."""
+    adapter, lr, _, _ = METHODS[name]
+    straight = _config(tmp_path, tiny_dir, alpaca64, adapter, lr, steps=4)
+    straight["output_dir"] = str(tmp_path / "straight")
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(straight))
+    train(tmp_path / "a.yaml")
+    split = {**straight, "output_dir": str(tmp_path / "split")}
+    split["train"] = {**straight["train"], "max_steps": 2, "save_every": 2}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(split))
+    train(tmp_path / "b.yaml")
+    train(tmp_path / "b.yaml", ["train.max_steps=4"], resume=True)
+
+    def losses(run):
+        return [r["loss"] for r in read_metrics(tmp_path / run / "metrics.jsonl") if "loss" in r]
+
+    assert losses("split") == losses("straight") and len(losses("straight")) == 4
+    a = (tmp_path / "straight" / "adapter" / "adapter_model.safetensors").read_bytes()
+    assert a == (tmp_path / "split" / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_prompt_init_text_starts_from_those_embeddings(tiny_dir, tok):
+    text = "Answer the instruction."
+    model = apply_adapter(_base(tiny_dir), AdapterConfig(type="prompt", prompt={"num_virtual_tokens": 8, "init_text": text}))
+    ids = tok(text)["input_ids"]  # as PEFT tokenizes it
+    want = [(ids * 8)[i] for i in range(8)]  # PEFT repeats the text's tokens to fill the virtual tokens
+    emb = model.get_base_model().get_input_embeddings().weight
+    assert torch.equal(model.prompt_encoder["default"].embedding.weight, emb[want])

@@ -102,3 +102,15 @@ def test_prefix_with_gradient_checkpointing_is_refused():
     msg = _err({**BASE, "adapter": {"type": "prefix"}, "train": {"gradient_checkpointing": True}})
     assert "`adapter.type: prefix` cannot be combined with `train.gradient_checkpointing: true`" in msg
     validate_config({**BASE, "adapter": {"type": "prompt"}, "train": {"gradient_checkpointing": True}})
+
+
+def test_example_configs_validate():
+    """Every example YAML is a valid config (the PEFT ones included)."""
+    from pathlib import Path
+
+    from tunesmith.config import load_config
+
+    examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
+    assert {"sft_prompt_tuning.yaml", "sft_bottleneck.yaml"} <= {p.name for p in examples}
+    for path in examples:
+        load_config(path)
