@@ -3,8 +3,9 @@ Fig. 2): after a sub-layer, h ← h + W_up · f(W_down · h + b_down) + b_up, wi
 W_up: s → d, s ≪ d, inserted after each layer's attention block and/or MLP.
 
 Why hand-written: PEFT (0.21) has no bottleneck adapter, and the `adapters` library (AdapterHub)
-replaces transformers' model classes with its own and pins transformers versions, which would put
-a second model abstraction under the one training loop. The module is ~40 lines of torch.
+1.3.0 requires `transformers ~=4.57.6` (this project runs transformers 5) and patches the model
+classes with its own mixins, a second model abstraction under the one training loop. The module
+itself is ~40 lines of torch.
 
 How it attaches: each adapter is a child module of the block it follows (`…self_attn.bottleneck`,
 `…mlp.bottleneck`), applied by a forward hook on that block, so the base model's own parameter names
