@@ -19,7 +19,8 @@ from typing import Callable
 
 import torch
 
-from ..adapters import apply_adapter
+from ..adapter_counts import closed_form_trainable
+from ..adapters import apply_adapter, save_adapter
 from ..config import RunConfig, load_config
 from ..data.pipeline import prepare_data
 from ..errors import ConfigError, TrainingError, UserError
@@ -89,6 +90,9 @@ def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     if cfg.adapter.type == "none":
         model.requires_grad_(True)
+    else:
+        expected, formula = closed_form_trainable(model, cfg.adapter)
+        say(f"adapter: {cfg.adapter.type}, closed form {formula} = {expected:,} trainable parameters")
     model = apply_adapter(model, cfg.adapter, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM")
     # Master weights: whatever trains is fp32, whatever the storage dtype (PITFALLS 13).
     for p in model.parameters():
@@ -116,7 +120,7 @@ def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dic
         state = {k: v.detach().to(dtype) for k, v in (full_state or model.state_dict()).items()}
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     else:
-        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": full_state} if full_state else {}))
+        save_adapter(model, tmp, full_state)
     tokenizer.save_pretrained(tmp)
     for p in tmp.iterdir():
         if p.is_file():
@@ -176,7 +180,7 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise TrainingError("no parameter is trainable; check adapter.type and adapter.target_modules")
-    say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%)")
+    say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%; {trainable:,} exactly)")
     wrap = getattr(objective, "wrap", None)
     wrapper = wrap(model, cfg.train.loss_chunk_size) if wrap else CausalLMLoss(model, cfg.train.loss_chunk_size)
     if hasattr(objective, "setup"):  # the reference model / log-probs, before a checkpoint moves the weights
