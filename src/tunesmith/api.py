@@ -42,4 +42,27 @@ def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False) -> 
     return run_quickstart(Path(out), overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart"]
+def prepare(
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    input: list[str] | None = None,
+    format: str | None = None,
+    out: str | Path | None = None,
+    benchmarks: list[str] | None = None,
+    tokenizer: str | None = None,
+    jsonl: bool = False,
+    overwrite: bool = False,
+) -> dict:
+    """Filter, deduplicate, scrub, check and split `data.train` into a prepared directory; returns the manifest.
+
+    The arguments are shortcuts for config keys: input -> data.train, format -> data.format,
+    out -> output_dir, benchmarks -> prepare.contamination.benchmarks, tokenizer -> prepare.tokenizer,
+    jsonl -> prepare.jsonl. Without a config (or without `model:` in it) only data/prepare/output_dir are read.
+    """
+    from .data.prepare.job import load_prepare_job
+
+    job = load_prepare_job(config, overrides, input=input, format=format, out=out, benchmarks=benchmarks, tokenizer=tokenizer, jsonl=jsonl)
+    return job.run(overwrite=overwrite)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "prepare"]
