@@ -33,7 +33,9 @@ _PHONE = re.compile(
     r"|\d{3}[-.]\d{3}[-.]\d{4}"  # 555-123-4567 (one separator kind, like the NANP writes it)
     r")(?![\w-])"
 )
-_CARD = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+# 13-19 digits in one run, or grouped 4-4-4-4(-3) / Amex 4-6-5 with one kind of separator
+_CARD = re.compile(r"(?<![\d,.-])(?:\d{13,19}|\d{4}([ -])\d{4}\1\d{4}\1\d{4}(?:\1\d{3})?|\d{4}([ -])\d{6}\2\d{5})(?![\d-]|[.,]\d)")
+_ISSUERS = ("2", "3", "4", "5", "6")  # Mir/Mastercard 2-series, Amex/Diners/JCB, Visa, Mastercard, Discover/UnionPay
 _IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]*\d)")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])|(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
@@ -74,7 +76,7 @@ def _entropy(s: str) -> float:
 
 def _card(m: re.Match) -> bool:
     digits = re.sub(r"\D", "", m.group())
-    return 13 <= len(digits) <= 19 and len(set(digits)) > 1 and luhn_ok(digits)
+    return 13 <= len(digits) <= 19 and digits.startswith(_ISSUERS) and len(set(digits)) > 1 and luhn_ok(digits)
 
 
 def _assigned_key(m: re.Match) -> tuple[int, int] | None:

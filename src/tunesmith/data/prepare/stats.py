@@ -19,8 +19,7 @@ import bisect
 import random
 from pathlib import Path
 
-from ..encode import encode_conversation
-from ..formats import Conversation
+from ..encode import assistant_spans
 from .filters import TokenCounter
 from .records import Record, prompt_and_responses
 
@@ -72,15 +71,10 @@ class TokenStats:
 
     def add(self, records: list[Record]) -> None:
         tok = self.count.tokenizer
-        plain = []
-        for rec in records:
-            if tok is not None and rec.kind == "conversation":
-                enc = encode_conversation(Conversation(rec.data["messages"], rec.where), tok)
-                self.prompt.append(len(enc) - enc.n_labels)
-                self.response.append(enc.n_labels)
-                self.total.append(len(enc))
-            else:
-                plain.append(rec)
+        convs = [r for r in records if tok is not None and r.kind == "conversation"]
+        plain = [r for r in records if not (tok is not None and r.kind == "conversation")]
+        if convs:
+            self._add_conversations(convs)
         if plain:
             parts = [prompt_and_responses(r) for r in plain]
             p = self.count([x[0] for x in parts])
@@ -92,6 +86,21 @@ class TokenStats:
                 self.prompt.append(np_)
                 self.response.append(longest)
                 self.total.append(np_ + longest)
+
+    def _add_conversations(self, records: list[Record]) -> None:
+        """As `encode_conversation` counts them (same spans, same cut after the last turn), but one
+        batched tokenizer call per chunk instead of one call per row."""
+        texts, spans = [], []
+        for rec in records:
+            full, sp = assistant_spans(self.count.tokenizer, rec.data["messages"], rec.where)
+            texts.append(full[: sp[-1][1]] if rec.data["messages"][-1]["role"] == "assistant" else full)
+            spans.append(sp)
+        enc = self.count.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for offsets, sp in zip(enc["offset_mapping"], spans):
+            labelled = sum(1 for s, e in offsets if any(s < b and e > a for a, b in sp))
+            self.prompt.append(len(offsets) - labelled)
+            self.response.append(labelled)
+            self.total.append(len(offsets))
 
     def summary(self, max_length: int, micro_batch_size: int, seed: int) -> dict:
         out: dict = {"unit": self.count.unit, "rows": len(self.total)}
