@@ -56,5 +56,5 @@ def render_report(m: dict[str, Any]) -> str:
             *(f"- padding waste, {k.replace('_', ' ')}: {v:.1%}" for k, v in w.items()),
             f"- packed into {st['packed_rows']} rows of {st['max_length']}",
         ]
-    lines += ["", "## Train on it", "", f"`data.train: {m['output_dir']}` (tunesmith reads the `train/` split of a prepared directory)", ""]
+    lines += ["", "## Train on it", "", "Set `data.train` to this directory: tunesmith reads its `train/` split (and `eval/` is there for `data.eval`).", ""]
     return "\n".join(lines)

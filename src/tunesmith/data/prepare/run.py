@@ -157,7 +157,6 @@ def run_prepare(data: DataConfig, cfg: PrepareConfig, out: str | Path, tokenizer
     tmp.mkdir(parents=True)
     try:
         manifest = _prepare_into(tmp, data, cfg, steps, read, counter, micro_batch_size, fmt or data.format)
-        manifest["output_dir"] = str(out)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "prepare_report.md").write_text(render_report(manifest), encoding="utf-8")
         if out.exists():
@@ -165,7 +164,7 @@ def run_prepare(data: DataConfig, cfg: PrepareConfig, out: str | Path, tokenizer
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return {**manifest, "output_dir": str(out)}
 
 
 def _prepare_into(tmp: Path, data: DataConfig, cfg: PrepareConfig, steps: list, read: StepReport,
