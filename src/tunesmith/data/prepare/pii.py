@@ -84,14 +84,23 @@ def _assigned_key(m: re.Match) -> tuple[int, int] | None:
     return m.span(1) if _entropy(value) >= 3.5 and any(c.isdigit() for c in value) and any(c.isalpha() for c in value) else None
 
 
-# kind -> [(pattern, check)], check(match) -> bool, or a span to replace instead of the whole match
-_DETECTORS: dict[str, list[tuple[re.Pattern, Callable | None]]] = {
-    "email": [(_EMAIL, None)],
-    "api_key": [(_KEY_PREFIXES, None), (_KEY_ASSIGN, _assigned_key)],
-    "iban": [(_IBAN, lambda m: iban_ok(m.group()))],
-    "credit_card": [(_CARD, _card)],
-    "ip_address": [(_IPV4, None), (_IPV6, None)],
-    "phone": [(_PHONE, lambda m: 7 <= len(re.sub(r"\D", "", m.group())) <= 15)],
+def _has(*needles: str) -> Callable[[str], bool]:
+    return lambda t: any(n in t for n in needles)
+
+
+# kind -> [(pattern, check, guard)]. check(match) -> bool, or the span to replace instead of the
+# whole match. guard(text) is a cheap test that rules the pattern out before it runs: most text has
+# no '@', no 13-digit run, ... and these patterns cost ~0.1 ms a text each when they do run.
+_DETECTORS: dict[str, list[tuple[re.Pattern, Callable | None, Callable[[str], object]]]] = {
+    "email": [(_EMAIL, None, _has("@"))],
+    "api_key": [
+        (_KEY_PREFIXES, None, _has("sk-", "AKIA", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "AIza", "hf_", "glpat-", "_live_")),
+        (_KEY_ASSIGN, _assigned_key, lambda t: any(k in t.lower() for k in ("key", "secret", "token", "pass"))),
+    ],
+    "iban": [(_IBAN, lambda m: iban_ok(m.group()), re.compile(r"[A-Z]{2}\d\d").search)],
+    "credit_card": [(_CARD, _card, re.compile(r"\d{13}|\d{4}[ -]\d{4}").search)],
+    "ip_address": [(_IPV4, None, re.compile(r"\d\.\d{1,3}\.\d").search), (_IPV6, None, re.compile(r"[0-9A-Fa-f]:[0-9A-Fa-f]*:").search)],
+    "phone": [(_PHONE, lambda m: 7 <= len(re.sub(r"\D", "", m.group())) <= 15, re.compile(r"(?<![\d)])\+\d|\(\d{3}\)|\d{3}[-.]\d{3}").search)],
 }
 _ORDER = ("email", "api_key", "iban", "credit_card", "ip_address", "phone")  # specific before generic
 
@@ -102,7 +111,9 @@ def find_pii(text: str, types: list[str] | tuple[str, ...] = _ORDER) -> list[tup
     for kind in _ORDER:
         if kind not in types:
             continue
-        for pattern, check in _DETECTORS[kind]:
+        for pattern, check, guard in _DETECTORS[kind]:
+            if not guard(text):
+                continue
             for m in pattern.finditer(text):
                 ok = check(m) if check else True
                 if not ok:

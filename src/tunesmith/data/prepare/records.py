@@ -139,6 +139,10 @@ def map_texts(rec: Record, fn: Callable[[str], str]) -> dict[str, Any]:
 
 
 def all_texts(rec: Record) -> list[str]:
+    if rec.kind == "conversation":  # the common case, without the generic walk
+        return [m["content"] for m in rec.data["messages"]]
+    if rec.kind == "text":
+        return [rec.data["text"]]
     out: list[str] = []
     map_texts(rec, lambda t: out.append(t) or t)
     return out
