@@ -114,3 +114,16 @@ def test_normalisation_unicode_and_whitespace():
     assert clean_text("    indented code", strip=False) == "    indented code"
     hh = Record("preference", {"chosen": "\n\nHuman: a  \n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}, "p:1", 0)
     assert normalize(hh).data["chosen"] == "\n\nHuman: a\n\nAssistant: b"  # HH markers keep their leading newlines
+
+
+def test_rejected_and_undesirable_replies_are_only_checked_for_emptiness():
+    """A rejected reply is meant to be bad: cut off or 'N/A' there is kept; in the chosen reply it is not."""
+    def pref(chosen, rejected, i):
+        return Record("preference", {"prompt": "Q?", "chosen": chosen, "rejected": rejected}, f"p:{i}", 0)
+
+    rows = [pref("Fine answer.", "We know that it was the", 1), pref("We know that it was the", "Fine answer.", 2), pref("Fine answer.", "N/A", 3)]
+    kept, report = run(rows)
+    assert [r.where for r in kept] == ["p:1", "p:3"] and report.dropped == {"truncated response": 1}
+    kto = [Record("kto", {"prompt": "Q?", "completion": "N/A", "label": lab}, f"k:{i}", 0) for i, lab in enumerate((True, False))]
+    kept, _ = run(kto)
+    assert [r.where for r in kept] == ["k:1"]

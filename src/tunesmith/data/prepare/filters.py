@@ -99,6 +99,16 @@ def _language_detector(languages: list[str]):
     return detect_lang
 
 
+def _judged(rec: Record, n: int) -> list[bool]:
+    """Which responses the quality checks judge: a rejected reply or an undesirable KTO completion is
+    meant to be bad (HH's rejected replies are often cut off), so those are only checked for being empty."""
+    if rec.kind == "preference":
+        return [True] + [False] * (n - 1)
+    if rec.kind == "kto":
+        return [bool(rec.data.get("label"))] * n
+    return [True] * n
+
+
 class QualityFilter:
     name = "quality filters"
 
@@ -115,7 +125,8 @@ class QualityFilter:
         kept = []
         self.report.rows_in += len(records)
         for rec, texts in zip(records, per_row):
-            reasons = [self._check(t, next(lengths)) for t in texts]
+            reasons = [self._check(t, n) if full else (("empty response", "") if not t.strip() else None)
+                       for t, n, full in zip(texts, [next(lengths) for _ in texts], _judged(rec, len(texts)))]
             if rec.kind == "preference" and len(texts) == 2 and texts[0].strip() == texts[1].strip():
                 reasons.append(("chosen equals rejected", texts[0]))
             bad = next((r for r in reasons if r is not None), None)
