@@ -149,13 +149,15 @@ def test_hh_preference_rows_go_through_the_steps(tmp_path):
     rows += [rows[2], hh("Email?", "Write to bob@example.org.", "I won't say."), hh("Same?", "Yes.", "Yes.")]
     p = tmp_path / "hh.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    m = prepare(None, ["prepare.progress=false"], input=[str(p)], out=tmp_path / "out", jsonl=True)
+    m = prepare(None, ["prepare.progress=false", "data.on_error=skip"], input=[str(p)], out=tmp_path / "out", jsonl=True)
     assert m["inputs"][0]["format"] == "preference"
     steps = {s["step"]: s for s in m["steps"]}
+    assert steps["read + normalise"]["dropped"] == {"malformed row: chosen and rejected are identical": 1}
     assert steps["exact dedup"]["dropped"] == {"exact duplicate": 1}
-    assert steps["quality filters"]["dropped"] == {"chosen equals rejected": 1}
     out = [json.loads(x) for x in (tmp_path / "out" / "train.jsonl").read_text().splitlines()]
-    assert len(out) == 7 and out[-1]["chosen"] == "\n\nHuman: Email?\n\nAssistant: Write to <EMAIL>."
+    assert len(out) == 7
+    assert out[-1]["prompt"] == [{"role": "user", "content": "Email?"}]
+    assert out[-1]["chosen"] == [{"role": "assistant", "content": "Write to <EMAIL>."}]
     assert m["stats"]["rows"] == 7
 
 

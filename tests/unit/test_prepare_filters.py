@@ -4,8 +4,9 @@ import pytest
 
 from tunesmith.config import PrepareFiltersConfig
 from tunesmith.data.prepare.filters import QualityFilter, TokenCounter, is_placeholder, json_problem, looks_truncated, repeat_ratio
-from tunesmith.data.prepare.records import Record, clean_text, normalize, prompt_and_responses
-from tunesmith.errors import ConfigError
+from tunesmith.data.prepare.records import Record, clean_text, detect_kind, normalize, prompt_and_responses, to_record
+from tunesmith.data.readers import Row
+from tunesmith.errors import ConfigError, DataError
 
 
 def conv(answer: str, where: str = "f.jsonl:1") -> Record:
@@ -92,38 +93,46 @@ def test_language_filter_without_detector_says_how_to_install():
         QualityFilter(PrepareFiltersConfig(languages=["en"]), TokenCounter(None))
 
 
-def test_preference_identical_sides_dropped():
-    same = Record("preference", {"chosen": "\n\nHuman: hi\n\nAssistant: hello", "rejected": "\n\nHuman: hi\n\nAssistant: hello"}, "p:1", 0)
-    kept, report = run([same])
+def pref(chosen: str, rejected: str, where: str = "p:1") -> Record:
+    return Record("preference", {"prompt": [{"role": "user", "content": "Q?"}], "chosen": [{"role": "assistant", "content": chosen}],
+                                 "rejected": [{"role": "assistant", "content": rejected}]}, where, 0)
+
+
+def test_preference_sides_equal_after_normalisation_dropped():
+    kept, report = run([pref("Hello.", "Hello.")])
     assert not kept and report.dropped == {"chosen equals rejected": 1}
 
 
-def test_hh_transcript_split_at_shared_prefix():
-    rec = Record("preference", {
-        "chosen": "\n\nHuman: What is 2+2?\n\nAssistant: It is 4.",
-        "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: It is 5.",
-    }, "p:1", 0)
-    prompt, responses = prompt_and_responses(rec)
-    assert prompt == "\n\nHuman: What is 2+2?\n\nAssistant:"
-    assert responses == ["It is 4.", "It is 5."]
+def test_hh_transcript_becomes_canonical_messages():
+    """HH rows are parsed by the preference module training uses: shared turns are the prompt."""
+    row = Row({"chosen": "\n\nHuman: What is 2+2?\n\nAssistant: It is 4.", "rejected": "\n\nHuman: What is 2+2?\n\nAssistant: It is 5."}, "hh.jsonl:3")
+    rec = to_record(row, detect_kind(row), 0)
+    assert rec.kind == "preference" and rec.data == {
+        "prompt": [{"role": "user", "content": "What is 2+2?"}],
+        "chosen": [{"role": "assistant", "content": "It is 4."}],
+        "rejected": [{"role": "assistant", "content": "It is 5."}],
+    }
+    assert prompt_and_responses(rec) == ("What is 2+2?", ["It is 4.", "It is 5."])
+    kto = Row({"prompt": "Hi?", "completion": "Hello.", "label": False}, "k.jsonl:1")
+    assert to_record(kto, detect_kind(kto), 0).data["label"] is False
+    with pytest.raises(DataError, match="hh.jsonl:4: chosen and rejected are identical"):
+        to_record(Row({"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: b"}, "hh.jsonl:4"), "preference", 0)
 
 
 def test_normalisation_unicode_and_whitespace():
     assert clean_text("Cafe\u0301  \r\nline\u200b two   \n\n\n\nend ") == "Caf\u00e9\n" "line two\n\nend"
     assert clean_text("\ufb01", "NFKC") == "fi" and clean_text("\ufb01", "NFC") == "\ufb01"
     assert clean_text("    indented code", strip=False) == "    indented code"
-    hh = Record("preference", {"chosen": "\n\nHuman: a  \n\nAssistant: b", "rejected": "\n\nHuman: a\n\nAssistant: c"}, "p:1", 0)
-    assert normalize(hh).data["chosen"] == "\n\nHuman: a\n\nAssistant: b"  # HH markers keep their leading newlines
+    assert normalize(pref(" Caf\u00e9\u200b ", "no")).data["chosen"] == [{"role": "assistant", "content": "Caf\u00e9"}]
 
 
 def test_rejected_and_undesirable_replies_are_only_checked_for_emptiness():
     """A rejected reply is meant to be bad: cut off or 'N/A' there is kept; in the chosen reply it is not."""
-    def pref(chosen, rejected, i):
-        return Record("preference", {"prompt": "Q?", "chosen": chosen, "rejected": rejected}, f"p:{i}", 0)
-
-    rows = [pref("Fine answer.", "We know that it was the", 1), pref("We know that it was the", "Fine answer.", 2), pref("Fine answer.", "N/A", 3)]
+    rows = [pref("Fine answer.", "We know that it was the", "p:1"), pref("We know that it was the", "Fine answer.", "p:2"),
+            pref("Fine answer.", "N/A", "p:3")]
     kept, report = run(rows)
     assert [r.where for r in kept] == ["p:1", "p:3"] and report.dropped == {"truncated response": 1}
-    kto = [Record("kto", {"prompt": "Q?", "completion": "N/A", "label": lab}, f"k:{i}", 0) for i, lab in enumerate((True, False))]
+    kto = [Record("kto", {"prompt": [{"role": "user", "content": "Q?"}], "completion": [{"role": "assistant", "content": "N/A"}], "label": lab},
+                  f"k:{i}", 0) for i, lab in enumerate((True, False))]
     kept, _ = run(kto)
     assert [r.where for r in kept] == ["k:1"]
