@@ -6,7 +6,7 @@ LLaMA-Factory / TRL: none).
 
 Inputs: ../shared/data/gsm8k/train.jsonl (alpaca: question -> answer) and
 ../shared/data/hh-rlhf/harmless-base-test.jsonl.gz (preference), replicated to N rows: the first
-pass is the real rows; every later copy is perturbed at random: 25% verbatim, 25% case/spacing/punctuation
+pass is the real rows; every later copy is perturbed at random: 25% verbatim, 25% spacing/punctuation
 changed (an exact duplicate after folding), 50% with 1-3 words dropped, swapped or replaced (a near
 duplicate). Wall-clock rows/s depends on how busy the (shared) machine is; rows per CPU-second
 of the prepare process does not. Each size runs in a fresh process, so its peak RSS (ru_maxrss) is its own. The peer
@@ -36,11 +36,14 @@ SOURCES = {
 
 
 def perturb_text(text: str, rng: random.Random, mode: str) -> str:
+    """Words that hold a line break (where HH's '\\n\\nHuman:' markers sit) are never touched."""
     if mode == "fold":
-        return text.upper() if rng.random() < 0.5 else text.replace(" ", "  ").replace(".", " .")
+        return text.replace(" ", "  ").replace(". ", " . ") if rng.random() < 0.5 else text.replace(",", "")
     words = text.split(" ")
     for _ in range(rng.randint(1, 3)):
         j = rng.randrange(len(words))
+        if "\n" in words[j] or (j + 1 < len(words) and "\n" in words[j + 1]):
+            continue
         op = rng.choice(("drop", "swap", "replace"))
         if op == "drop" and len(words) > 5:
             words.pop(j)
@@ -56,11 +59,12 @@ def perturb(row: dict, rng: random.Random) -> dict:
     if r < 0.25:
         return dict(row)
     mode = "fold" if r < 0.5 else "near"
-    key = "output" if "output" in row else "chosen"
     out = dict(row)
-    out[key] = perturb_text(row[key], rng, mode)
-    if key == "chosen" and mode == "fold":  # keep HH pairs consistent: change the shared prompt in both
-        out["rejected"] = perturb_text(row["rejected"], random.Random(0), mode)
+    if "output" in row:
+        out["output"] = perturb_text(row["output"], rng, mode)
+    else:  # HH: perturb the final reply of the chosen transcript only, so the pair stays a pair
+        head, sep, last = row["chosen"].rpartition("\n\nAssistant:")
+        out["chosen"] = head + sep + perturb_text(last, rng, mode)
     return out
 
 
@@ -92,7 +96,7 @@ def child(path: str, out: str, tokenizer: str | None) -> None:
         tok = AutoTokenizer.from_pretrained(tokenizer)
         resolve_chat_template(tok)
     t, cpu = time.perf_counter(), time.process_time()
-    m = run_prepare(DataConfig(train=[path]), PrepareConfig(progress=False), out, tokenizer=tok, overwrite=True)
+    m = run_prepare(DataConfig(train=[path], on_error="skip"), PrepareConfig(progress=False), out, tokenizer=tok, overwrite=True)
     secs, cpu = time.perf_counter() - t, time.process_time() - cpu
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
     steps = {s["step"]: s["rows_in"] - s["rows_out"] for s in m["steps"]}
