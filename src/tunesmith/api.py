@@ -49,4 +49,27 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ov
     return _score(model, data, out=out, overwrite=overwrite, batch_size=batch_size)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart", "score"]
+def prepare(
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    input: list[str] | None = None,
+    format: str | None = None,
+    out: str | Path | None = None,
+    benchmarks: list[str] | None = None,
+    tokenizer: str | None = None,
+    jsonl: bool = False,
+    overwrite: bool = False,
+) -> dict:
+    """Filter, deduplicate, scrub, check and split `data.train` into a prepared directory; returns the manifest.
+
+    The arguments are shortcuts for config keys: input -> data.train, format -> data.format,
+    out -> output_dir, benchmarks -> prepare.contamination.benchmarks, tokenizer -> prepare.tokenizer,
+    jsonl -> prepare.jsonl. Without a config (or without `model:` in it) only data/prepare/output_dir are read.
+    """
+    from .data.prepare.job import load_prepare_job
+
+    job = load_prepare_job(config, overrides, input=input, format=format, out=out, benchmarks=benchmarks, tokenizer=tokenizer, jsonl=jsonl)
+    return job.run(overwrite=overwrite)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare"]

@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write one JSON line per row here")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser("prepare", help="clean a data set: filters, exact/near dedup, PII, contamination, token statistics, split and mix")
+    p.add_argument("config", nargs="?", default=None, help="run config (YAML) with data: and prepare: sections (optional)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prepare.dedup.threshold=0.7")
+    p.add_argument("--input", nargs="+", default=None, help="data files (sets data.train)")
+    p.add_argument("--format", default=None, help="auto | alpaca | sharegpt | messages | text | preference | kto")
+    p.add_argument("--out", default=None, help="output directory (sets output_dir)")
+    p.add_argument("--benchmark", nargs="+", default=None, help="benchmark files to check contamination against")
+    p.add_argument("--tokenizer", default=None, help="tokenizer for token counts (default: model.path)")
+    p.add_argument("--jsonl", action="store_true", help="also write train.jsonl / eval.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
@@ -82,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             result = api.score(args.model, args.data, out=args.out, overwrite=args.overwrite, batch_size=args.batch_size)
             acc = f"; pairwise accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
             print(f"scored {result['rows']} rows{acc}" + (f"; scores in {args.out}" if args.out else ""))
+        elif args.command == "prepare":
+            m = api.prepare(args.config, args.overrides, input=args.input, format=args.format, out=args.out, benchmarks=args.benchmark,
+                            tokenizer=args.tokenizer, jsonl=args.jsonl, overwrite=args.overwrite)
+            print(f"prepared {m['splits']['train']} train / {m['splits']['eval']} eval rows into {m['output_dir']}; see {m['output_dir']}/prepare_report.md")
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
     except UserError as e:
