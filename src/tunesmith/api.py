@@ -42,4 +42,14 @@ def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False) -> 
     return run_quickstart(Path(out), overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart"]
+def eval(config: str | Path | None = None, overrides: list[str] | None = None, *, model: str | None = None,  # noqa: A001
+         adapter: str | None = None, base: str | None = None, tasks: str | list[str] | None = None,
+         out: str | Path | None = None, overwrite: bool = False) -> dict:
+    """`tunesmith eval`: perplexity, tasks, judge and before/after into OUT (default RUN_DIR/eval).
+    Named like the subcommand (shadowing the builtin inside this module only)."""
+    from .evaluate.run import evaluate
+
+    return evaluate(config, overrides, model=model, adapter=adapter, base=base, tasks=tasks, out=out, overwrite=overwrite)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "eval"]

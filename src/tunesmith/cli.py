@@ -38,6 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
 
+    p = sub.add_parser("eval", help="evaluate a model/adapter: perplexity, benchmark tasks, LLM-as-judge, before/after vs its base")
+    p.add_argument("config", nargs="?", default=None, help="run config (YAML): scores its adapter/ or model/, writes RUN_DIR/eval")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.limit=50 eval.num_samples=5 eval.pass_k=[1,5]")
+    p.add_argument("--model", help="model directory (or the base of --adapter) when there is no run config")
+    p.add_argument("--adapter", help="PEFT adapter directory applied to --model")
+    p.add_argument("--base", nargs="?", const="auto", default=None, help="also score this base model and report deltas (alone: the config's model.path)")
+    p.add_argument("--tasks", help="NAME=FILE[,NAME=FILE...]: gsm8k, humaneval, mmlu, arc, hellaswag, mc readers by name prefix, or a task YAML")
+    p.add_argument("--perplexity", nargs="+", metavar="FILE", help="data files to report loss/perplexity on")
+    p.add_argument("--limit", type=int, help="score only the first N examples of each task")
+    p.add_argument("--judge", choices=["single", "pairwise"], help="LLM-as-judge mode (with --judge-questions)")
+    p.add_argument("--judge-questions", help="JSONL of {question, reference?} for the judge")
+    p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", help="model name sent to the judge endpoint")
+    p.add_argument("--judge-local", help="local model directory to judge with")
+    p.add_argument("--harness", help="lm-evaluation-harness tasks, comma-separated (needs tunesmith[harness])")
+    p.add_argument("--out", help="the eval directory to write (default RUN_DIR/eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing eval directory")
+
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
     p.add_argument("--overwrite", action="store_true")
@@ -58,6 +76,17 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    """`tunesmith eval` flags that are eval.* config keys, as dotted overrides (JSON is valid YAML)."""
+    import json
+
+    pairs = {"eval.perplexity": args.perplexity, "eval.limit": args.limit, "eval.judge.mode": args.judge,
+             "eval.judge.questions": args.judge_questions, "eval.judge.endpoint": args.judge_endpoint,
+             "eval.judge.model": args.judge_model, "eval.judge.local": args.judge_local,
+             "eval.harness": args.harness.split(",") if args.harness else None}
+    return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
@@ -73,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             api.train(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
+        elif args.command == "eval":
+            api.eval(args.config, args.overrides + _eval_overrides(args), model=args.model, adapter=args.adapter,
+                     base=args.base, tasks=args.tasks, out=args.out, overwrite=args.overwrite)
     except UserError as e:
         print(f"tunesmith {args.command}: error: {e}", file=sys.stderr)
         return 2

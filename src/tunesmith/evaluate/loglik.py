@@ -1,0 +1,85 @@
+"""Log-likelihood scoring: perplexity of a dataset, and of each choice of a multiple-choice question.
+
+Perplexity goes through the same data pipeline and loss as training (`prepare_data` + `CausalLMLoss`),
+so chat data is scored on assistant tokens only and the number is the `eval_loss` that metrics.jsonl
+would show for the same rows; perplexity = exp(mean loss per label token).
+
+A choice is scored as sum log p(continuation tokens | context), as lm-evaluation-harness does. The
+context's trailing whitespace moves to the continuation and the two are tokenized apart, then
+concatenated (so every choice of a question shares the identical context ids, PITFALLS 6); a BOS is
+prepended when the tokenizer has one. Rows are padded on the right with an attention mask, which
+leaves a causal model's logits at real positions unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..config import DataConfig
+
+
+@torch.no_grad()
+def answer_loss(model, tokenizer, data: DataConfig, batch_size: int = 8) -> float:
+    """Mean cross-entropy per label token (assistant turns only, as in training) over `data.train`."""
+    total, units = loss_and_tokens(model, tokenizer, data, batch_size)
+    return total / units if units else math.nan
+
+
+@torch.no_grad()
+def loss_and_tokens(model, tokenizer, data: DataConfig, batch_size: int = 8) -> tuple[float, int]:
+    """(summed cross-entropy, label tokens) over the rows of `data.train`."""
+    from ..data.packing import collate, count_label_tokens
+    from ..data.pipeline import prepare_data
+    from ..train.forward import CausalLMLoss
+
+    rows = prepare_data(data, tokenizer).train
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    loss = CausalLMLoss(model).eval()
+    total, units = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = {k: v.to(model.device) for k, v in collate(rows[i : i + batch_size], pad).items()}
+        total += loss(**batch).item()
+        units += count_label_tokens(batch)
+    return total, units
+
+
+def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of context (with BOS) and of continuation, tokenized apart (lm-eval's convention)."""
+    stripped = context.rstrip()
+    continuation = context[len(stripped):] + continuation
+    ctx = tokenizer(stripped, add_special_tokens=False)["input_ids"]
+    cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    if tokenizer.bos_token_id is not None:
+        ctx = [tokenizer.bos_token_id] + ctx
+    return ctx, cont
+
+
+@torch.no_grad()
+def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
+                          max_length: int = 4096, progress=None) -> list[float]:
+    """sum_t log p(cont_t | context, cont_<t) for each (context, continuation) pair."""
+    encoded = [split_pair(tokenizer, c, x) for c, x in pairs]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    for i in range(0, len(encoded), batch_size):
+        chunk = encoded[i : i + batch_size]
+        seqs = [(ctx + cont)[-max_length:] for ctx, cont in chunk]
+        n_cont = [min(len(cont), len(s) - 1) for (_, cont), s in zip(chunk, seqs)]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for j, s in enumerate(seqs):
+            ids[j, : len(s)] = torch.tensor(s)
+            mask[j, : len(s)] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()  # (B, T, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        for j, s in enumerate(seqs):
+            end, start = len(s), len(s) - n_cont[j]
+            targets = torch.tensor(s[start:end], device=logp.device)
+            # position t predicts token t+1
+            out.append(logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum().item())
+        if progress is not None:
+            progress.update(len(chunk))
+    return out
