@@ -6,6 +6,7 @@ anything else is our bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UserError
@@ -103,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
         elif args.command == "eval":
-            api.eval(args.config, args.overrides + _eval_overrides(args), model=args.model, adapter=args.adapter,
+            config, overrides = args.config, list(args.overrides)
+            if config and "=" in config and not os.path.exists(config):  # no config, only overrides
+                config, overrides = None, [config] + overrides
+            api.eval(config, overrides + _eval_overrides(args), model=args.model, adapter=args.adapter,
                      base=args.base, tasks=args.tasks, out=args.out, overwrite=args.overwrite)
     except UserError as e:
         print(f"tunesmith {args.command}: error: {e}", file=sys.stderr)
