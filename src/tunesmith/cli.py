@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-model", help="model name sent to the judge endpoint")
     p.add_argument("--judge-local", help="local model directory to judge with")
     p.add_argument("--harness", help="lm-evaluation-harness tasks, comma-separated (needs tunesmith[harness])")
+    p.add_argument("--harness-include", help="directory of your own lm-eval task YAMLs (e.g. pointing at local data)")
     p.add_argument("--out", help="the eval directory to write (default RUN_DIR/eval)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval directory")
 
@@ -84,7 +85,8 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     pairs = {"eval.perplexity": args.perplexity, "eval.limit": args.limit, "eval.judge.mode": args.judge,
              "eval.judge.questions": args.judge_questions, "eval.judge.endpoint": args.judge_endpoint,
              "eval.judge.model": args.judge_model, "eval.judge.local": args.judge_local,
-             "eval.harness": args.harness.split(",") if args.harness else None}
+             "eval.harness": args.harness.split(",") if args.harness else None,
+             "eval.harness_include": args.harness_include}
     return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
 
 

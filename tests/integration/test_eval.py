@@ -189,3 +189,28 @@ def test_eval_input_errors_are_one_line(tiny_dir, task_files, tmp_path, capsys):
                  "eval.pass_k=[1,5]"]) == 2
     assert "eval.num_samples` >= 5" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_harness_results_fold_into_the_report(tiny_dir, adapter_dir, task_files, tmp_path, monkeypatch):
+    """lm-evaluation-harness (the `harness` extra) on the tiny model + adapter and its base, offline,
+    with a task YAML of our own pointing at a local file; its acc lands in results.json, in the
+    before/after comparison and in the report."""
+    pytest.importorskip("lm_eval")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tasks = tmp_path / "lm_tasks"
+    tasks.mkdir()
+    (tasks / "tiny_mc.yaml").write_text(
+        f"task: tiny_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {task_files['mc']}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"Question: {{question}}\\nAnswer:\"\n"
+        "doc_to_choice: \"{{choices}}\"\ndoc_to_target: \"{{answer | int}}\"\nmetric_list:\n  - metric: acc\n")
+    out = tmp_path / "eval"
+    assert main(["eval", "--model", str(tiny_dir), "--adapter", str(adapter_dir), "--base", str(tiny_dir),
+                 "--harness", "tiny_mc", "--harness-include", str(tasks), "--out", str(out), "eval.general=false"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    for side in ("model", "base"):
+        acc = res["harness"][side]["scores"]["harness:tiny_mc"]["acc"]
+        assert acc in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 questions
+    assert any(c["task"] == "harness:tiny_mc" and c["metric"] == "acc" for c in res["comparison"])
+    assert "| model | harness:tiny_mc | acc |" in (out / "report.md").read_text()

@@ -38,7 +38,7 @@ def run_harness(tasks: list[str], model_path: str, adapter: str | None = None, i
     for task, metrics in (out or {}).get("results", {}).items():
         clean = {}
         for key, value in metrics.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and "stderr" not in key:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and "stderr" not in key and key != "sample_len":
                 clean[key.split(",")[0]] = float(value)
         results[f"harness:{task}"] = clean
     return {"version": lm_eval.__version__, "scores": results}
