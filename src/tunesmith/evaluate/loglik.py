@@ -5,9 +5,9 @@ so chat data is scored on assistant tokens only and the number is the `eval_loss
 would show for the same rows; perplexity = exp(mean loss per label token).
 
 A choice is scored as sum log p(continuation tokens | context), as lm-evaluation-harness does. The
-context's trailing whitespace moves to the continuation and the two are tokenized apart, then
-concatenated (so every choice of a question shares the identical context ids, PITFALLS 6); a BOS is
-prepended when the tokenizer has one. Rows are padded on the right with an attention mask, which
+context's trailing whitespace moves to the continuation; the context is tokenized alone and the
+continuation is the rest of the tokenized whole (so every choice of a question shares the identical
+context ids, PITFALLS 6); a BOS is prepended when the tokenizer has one (lm-eval's add_bos_token). Rows are padded on the right with an attention mask, which
 leaves a causal model's logits at real positions unchanged.
 """
 
@@ -46,11 +46,12 @@ def loss_and_tokens(model, tokenizer, data: DataConfig, batch_size: int = 8) -> 
 
 
 def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of context (with BOS) and of continuation, tokenized apart (lm-eval's convention)."""
+    """Token ids of context (with BOS) and of continuation: the context tokenized once, the
+    continuation as enc(context + continuation)[len(enc(context)):] (PITFALLS 6; lm-eval does the same)."""
     stripped = context.rstrip()
     continuation = context[len(stripped):] + continuation
     ctx = tokenizer(stripped, add_special_tokens=False)["input_ids"]
-    cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    cont = tokenizer(stripped + continuation, add_special_tokens=False)["input_ids"][len(ctx):]
     if tokenizer.bos_token_id is not None:
         ctx = [tokenizer.bos_token_id] + ctx
     return ctx, cont
@@ -62,9 +63,12 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
     """sum_t log p(cont_t | context, cont_<t) for each (context, continuation) pair."""
     encoded = [split_pair(tokenizer, c, x) for c, x in pairs]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out: list[float] = []
-    for i in range(0, len(encoded), batch_size):
-        chunk = encoded[i : i + batch_size]
+    # Longest first, so each batch holds rows of similar length (little padding) and a batch that
+    # does not fit in memory fails at once; the scores go back in the callers' order.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
+    scores: list[float] = []
+    for i in range(0, len(order), batch_size):
+        chunk = [encoded[j] for j in order[i : i + batch_size]]
         seqs = [(ctx + cont)[-max_length:] for ctx, cont in chunk]
         n_cont = [min(len(cont), len(s) - 1) for (_, cont), s in zip(chunk, seqs)]
         width = max(len(s) for s in seqs)
@@ -79,7 +83,10 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
             end, start = len(s), len(s) - n_cont[j]
             targets = torch.tensor(s[start:end], device=logp.device)
             # position t predicts token t+1
-            out.append(logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum().item())
+            scores.append(logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum().item())
         if progress is not None:
             progress.update(len(chunk))
+    out = [0.0] * len(order)
+    for j, sc in zip(order, scores):
+        out[j] = sc
     return out
