@@ -7,8 +7,10 @@ would show for the same rows; perplexity = exp(mean loss per label token).
 A choice is scored as sum log p(continuation tokens | context), as lm-evaluation-harness does. The
 context's trailing whitespace moves to the continuation; the context is tokenized alone and the
 continuation is the rest of the tokenized whole (so every choice of a question shares the identical
-context ids, PITFALLS 6); a BOS is prepended when the tokenizer has one (lm-eval's add_bos_token). Rows are padded on the right with an attention mask, which
-leaves a causal model's logits at real positions unchanged.
+context ids, PITFALLS 6); a BOS is prepended when the tokenizer has one (lm-eval's add_bos_token).
+Rows are padded on the right, which leaves a causal model's logits at real positions unchanged, so
+no attention mask is passed (sdpa keeps its fused causal kernel), and only the positions that
+predict a continuation token go through the LM head.
 """
 
 from __future__ import annotations
@@ -45,6 +47,20 @@ def loss_and_tokens(model, tokenizer, data: DataConfig, batch_size: int = 8) -> 
     return total, units
 
 
+def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Logits at the (row, col) positions only: the LM head runs on those hidden states alone (the
+    context's positions never reach the vocabulary projection), unless the head is not a plain
+    linear layer (LoRA on lm_head, soft-capping), where the full logits are taken."""
+    from ..train.forward import CausalLMLoss, base_causal_lm
+
+    parts = CausalLMLoss(model)._fusable()
+    if parts is None or getattr(base_causal_lm(model).config, "final_logit_softcapping", None):
+        return model(input_ids=ids, attention_mask=mask).logits[rows, cols]  # (N, V)
+    decoder, head = parts
+    hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
+    return head(hidden[rows, cols])  # (N, V)
+
+
 def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """Token ids of context (with BOS) and of continuation: the context tokenized once, the
     continuation as enc(context + continuation)[len(enc(context)):] (PITFALLS 6; lm-eval does the same)."""
@@ -73,17 +89,18 @@ def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_
         n_cont = [min(len(cont), len(s) - 1) for (_, cont), s in zip(chunk, seqs)]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
         for j, s in enumerate(seqs):
             ids[j, : len(s)] = torch.tensor(s)
-            mask[j, : len(s)] = 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits.float()  # (B, T, V)
-        logp = torch.log_softmax(logits, dim=-1)
-        for j, s in enumerate(seqs):
-            end, start = len(s), len(s) - n_cont[j]
-            targets = torch.tensor(s[start:end], device=logp.device)
-            # position t predicts token t+1
-            scores.append(logp[j, start - 1 : end - 1].gather(-1, targets[:, None]).sum().item())
+        # position t predicts token t+1: only the positions before a continuation token are scored
+        rows = torch.tensor([j for j, s in enumerate(seqs) for _ in range(n_cont[j])])
+        cols = torch.tensor([t for j, s in enumerate(seqs) for t in range(len(s) - n_cont[j] - 1, len(s) - 1)])
+        targets = torch.tensor([tok for j, s in enumerate(seqs) for tok in s[len(s) - n_cont[j]:]])
+        # Right padding needs no attention mask in a causal model: no real position attends to a later
+        # pad. Without a mask sdpa keeps its fused causal kernel.
+        logits = _logits_at(model, ids.to(model.device), None, rows, cols)  # (N, V)
+        token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
+        per_row = torch.zeros(len(seqs), device=token_lp.device).index_add_(0, rows.to(token_lp.device), token_lp)
+        scores.extend(per_row.tolist())
         if progress is not None:
             progress.update(len(chunk))
     out = [0.0] * len(order)
