@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="NAME=FILE[,NAME=FILE...]: gsm8k, humaneval, mmlu, arc, hellaswag, mc readers by name prefix, or a task YAML")
     p.add_argument("--perplexity", nargs="+", metavar="FILE", help="data files to report loss/perplexity on")
     p.add_argument("--limit", type=int, help="score only the first N examples of each task")
+    p.add_argument("--few-shot", type=int, help="built-in tasks: the first N rows become solved examples before each prompt")
     p.add_argument("--judge", choices=["single", "pairwise"], help="LLM-as-judge mode (with --judge-questions)")
     p.add_argument("--judge-questions", help="JSONL of {question, reference?} for the judge")
     p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1")
@@ -82,7 +83,7 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     """`tunesmith eval` flags that are eval.* config keys, as dotted overrides (JSON is valid YAML)."""
     import json
 
-    pairs = {"eval.perplexity": args.perplexity, "eval.limit": args.limit, "eval.judge.mode": args.judge,
+    pairs = {"eval.perplexity": args.perplexity, "eval.limit": args.limit, "eval.few_shot": args.few_shot, "eval.judge.mode": args.judge,
              "eval.judge.questions": args.judge_questions, "eval.judge.endpoint": args.judge_endpoint,
              "eval.judge.model": args.judge_model, "eval.judge.local": args.judge_local,
              "eval.harness": args.harness.split(",") if args.harness else None,

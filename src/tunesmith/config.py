@@ -141,6 +141,7 @@ class EvalConfig(_Section):
     general: bool = Field(True, description="With a base: also compare perplexity on a general text set, to catch catastrophic forgetting.")
     general_data: list[str] = Field(default_factory=list, description="The general set (default: the built-in English corpus).")
     limit: int = Field(0, ge=0, description="Score only the first N examples of each task (0 = all).")
+    few_shot: int = Field(0, ge=0, description="Built-in tasks: put the first N rows before each prompt as solved examples (they are not scored).")
     batch_size: int = Field(8, gt=0)
     max_new_tokens: int = Field(0, ge=0, description="Generation budget (0 = each task's default).")
     max_length: int = Field(2048, gt=8, description="Tokens per row for perplexity (longer text is split into blocks).")

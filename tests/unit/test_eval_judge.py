@@ -114,3 +114,18 @@ def test_user_prompt_files_replace_the_builtin(tmp_path):
     assert load_prompt("single", tmp_path).startswith("Rate {answer}")
     with pytest.raises(UserError, match="judge_pairwise.txt"):
         load_prompt("pairwise", tmp_path)
+
+
+def test_local_model_judge_keeps_unparsable_outputs(tiny_dir):
+    """An untrained local judge does not write `Rating: [[N]]`: its ratings are None, counted as
+    unparsed (not as zeros), and its raw outputs are kept."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.evaluate.judge import LocalJudge
+
+    judge = LocalJudge(AutoModelForCausalLM.from_pretrained(tiny_dir).eval(), AutoTokenizer.from_pretrained(tiny_dir), max_new_tokens=8)
+    out = grade_single(judge, QS[:2], MINE[:2], load_prompt("single"))
+    assert all(isinstance(r["judge_output"], str) and r["judge_output"] for r in out["records"])
+    parsed = [parse_rating(r["judge_output"]) for r in out["records"]]
+    assert [r["rating"] for r in out["records"]] == parsed
+    assert out["scores"]["unparsed"] == sum(p is None for p in parsed)

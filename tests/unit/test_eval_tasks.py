@@ -22,6 +22,8 @@ def test_gsm8k_reader(tmp_path):
     assert [e.target for e in t.examples] == ["2", "1,000"]
     assert t.examples[0].prompt == "Question: 1+1?\nAnswer:"
     assert len(load_task("gsm8k_small", f, limit=1).examples) == 1
+    shot = load_task("gsm8k", f, few_shot=1)
+    assert [e.target for e in shot.shots] == ["2"] and [e.target for e in shot.examples] == ["1,000"]
     _jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "no marker"}])
     with pytest.raises(DataError, match=r"bad.jsonl:1: .*####"):
         load_task("gsm8k", tmp_path / "bad.jsonl")

@@ -217,7 +217,7 @@ def evaluate(config: str | Path | None = None, overrides: list[str] | None = Non
              out: str | Path | None = None, overwrite: bool = False) -> dict:
     """Run the evaluation; returns what results.json holds."""
     plan = _plan(config, overrides, model, adapter, base, tasks, out)
-    plan.tasks = [load_task(n, f, plan.cfg.limit) for n, f in plan.cfg.tasks.items()]
+    plan.tasks = [load_task(n, f, plan.cfg.limit, plan.cfg.few_shot) for n, f in plan.cfg.tasks.items()]
     _check_judge(plan)
     if not (plan.tasks or plan.cfg.perplexity or plan.cfg.judge.mode != "none" or plan.cfg.harness):
         raise UserError("nothing to evaluate: give --tasks NAME=FILE, --perplexity FILE, a judge, or --harness TASKS")

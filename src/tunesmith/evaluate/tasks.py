@@ -243,8 +243,9 @@ def load_spec(path: Path, name: str) -> Task:
                 spec.max_new_tokens, spec.chat, str(path))
 
 
-def load_task(name: str, file: str | Path, limit: int = 0) -> Task:
-    """The task NAME=FILE, its first `limit` examples when limit > 0."""
+def load_task(name: str, file: str | Path, limit: int = 0, few_shot: int = 0) -> Task:
+    """The task NAME=FILE, its first `limit` examples when limit > 0. A built-in task with
+    few_shot > 0 takes its first `few_shot` rows as solved examples and does not score them."""
     path = Path(file)
     if not path.exists():
         raise UserError(f"--tasks {name}={file}: no such file")
@@ -257,6 +258,10 @@ def load_task(name: str, file: str | Path, limit: int = 0) -> Task:
                             f"{', '.join(BUILTINS)}, or give a task YAML file (see `tunesmith eval --help`)")
         task = _READERS[kind](path)
         task.name, task.source = name, str(path)
+        if few_shot:
+            if task.metric == "pass_at_k":
+                raise UserError(f"--tasks {name}: few-shot examples are not supported for code tasks (pass@k); set eval.few_shot=0")
+            task.shots, task.examples = task.examples[:few_shot], task.examples[few_shot:]
     if not task.examples:
         raise DataError(f"{file}: task {name} has no examples")
     if limit > 0:
