@@ -214,3 +214,26 @@ def test_harness_results_fold_into_the_report(tiny_dir, adapter_dir, task_files,
         assert acc in (0.0, 0.25, 0.5, 0.75, 1.0)  # 4 questions
     assert any(c["task"] == "harness:tiny_mc" and c["metric"] == "acc" for c in res["comparison"])
     assert "| model | harness:tiny_mc | acc |" in (out / "report.md").read_text()
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+@pytest.mark.slow
+def test_real_humaneval_canonical_solutions_pass_and_stubs_fail():
+    """On the real HumanEval file (../shared, skipped without it): every canonical solution passes in
+    the sandbox and a `return None` stub passes none, so pass@1 measures the code, not the harness."""
+    import gzip
+
+    from tunesmith.evaluate.runner import humaneval_program
+    from tunesmith.evaluate.sandbox import run_program
+    from tunesmith.evaluate.tasks import load_task
+
+    path = SHARED / "humaneval" / "HumanEval.jsonl.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    canonical = {r["task_id"]: r["canonical_solution"] for r in map(json.loads, gzip.open(path, "rt"))}
+    task = load_task("humaneval", path)
+    assert len(task.examples) == 164
+    assert all(run_program(humaneval_program(ex, canonical[ex.id], chat=False), 20).passed for ex in task.examples)
+    assert not any(run_program(humaneval_program(ex, "    return None\n", chat=False), 20).passed for ex in task.examples)
