@@ -73,3 +73,16 @@ def test_multiple_choice_task_picks_the_likeliest_choice(model, tok):
     for ex in task.examples:
         ex.gold = 1 - ex.gold
     assert run_task(model, tok, task, GenOptions(progress=False))["scores"]["acc"] == 0.0
+
+
+def test_one_token_choices_share_a_row_and_score_as_alone(model, tok):
+    """Single-token choices after one question have the same input (the question) and share one
+    row; each must still score exactly as when run alone."""
+    ctx = "The cat sat on"
+    words = [w for w in (" the", " a", " it", " and", " of", " to", " in", " is", " red", " dog") if len(split_pair(tok, ctx, w)[1]) == 1]
+    assert len(words) >= 3
+    pairs = [(ctx, w) for w in words] + [("Hi", " there")]
+    together = continuation_logprobs(model, tok, pairs, batch_size=8)
+    alone = [continuation_logprobs(model, tok, [p], batch_size=1)[0] for p in pairs]
+    assert together == pytest.approx(alone, abs=1e-4)
+    assert len(set(round(x, 4) for x in together[: len(words)])) == len(words)  # different scores, not one copied

@@ -77,33 +77,39 @@ def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], l
 def continuation_logprobs(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 16,
                           max_length: int = 4096, progress=None) -> list[float]:
     """sum_t log p(cont_t | context, cont_<t) for each (context, continuation) pair."""
-    encoded = [split_pair(tokenizer, c, x) for c, x in pairs]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    # The model reads (context + continuation)[:-1]: the last token is only predicted. Requests whose
+    # inputs are identical (one-token choices " A", " B", ... after the same question) share one row.
+    seqs, inputs = [], {}
+    for ctx, cont in (split_pair(tokenizer, c, x) for c, x in pairs):
+        s = (ctx + cont)[-(max_length + 1):]
+        seqs.append((s, min(len(cont), len(s) - 1)))
+        inputs.setdefault(tuple(s[:-1]), len(inputs))
+    by_input: list[list[int]] = [[] for _ in inputs]
+    for i, (s, _) in enumerate(seqs):
+        by_input[inputs[tuple(s[:-1])]].append(i)
     # Longest first, so each batch holds rows of similar length (little padding) and a batch that
     # does not fit in memory fails at once; the scores go back in the callers' order.
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]) - len(encoded[i][1]))
-    scores: list[float] = []
-    for i in range(0, len(order), batch_size):
-        chunk = [encoded[j] for j in order[i : i + batch_size]]
-        seqs = [(ctx + cont)[-max_length:] for ctx, cont in chunk]
-        n_cont = [min(len(cont), len(s) - 1) for (_, cont), s in zip(chunk, seqs)]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        for j, s in enumerate(seqs):
-            ids[j, : len(s)] = torch.tensor(s)
-        # position t predicts token t+1: only the positions before a continuation token are scored
-        rows = torch.tensor([j for j, s in enumerate(seqs) for _ in range(n_cont[j])])
-        cols = torch.tensor([t for j, s in enumerate(seqs) for t in range(len(s) - n_cont[j] - 1, len(s) - 1)])
-        targets = torch.tensor([tok for j, s in enumerate(seqs) for tok in s[len(s) - n_cont[j]:]])
-        # Right padding needs no attention mask in a causal model: no real position attends to a later
-        # pad. Without a mask sdpa keeps its fused causal kernel.
-        logits = _logits_at(model, ids.to(model.device), None, rows, cols)  # (N, V)
-        token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.to(logits.device)[:, None])[:, 0]
-        per_row = torch.zeros(len(seqs), device=token_lp.device).index_add_(0, rows.to(token_lp.device), token_lp)
-        scores.extend(per_row.tolist())
+    rows_in = sorted(inputs, key=len, reverse=True)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = [0.0] * len(seqs)
+    for b in range(0, len(rows_in), batch_size):
+        batch = rows_in[b : b + batch_size]
+        ids = torch.full((len(batch), len(batch[0])), pad, dtype=torch.long)
+        rows, cols, targets, owner = [], [], [], []
+        for r, inp in enumerate(batch):
+            ids[r, : len(inp)] = torch.tensor(inp)
+            for i in by_input[inputs[inp]]:
+                s, n = seqs[i]
+                rows += [r] * n
+                cols += range(len(inp) - n, len(inp))  # input position t predicts token t+1
+                targets += s[len(s) - n :]
+                owner += [i] * n
+        # Right padding needs no attention mask in a causal model: no real position attends to a
+        # later pad. Without a mask sdpa keeps its fused causal kernel.
+        logits = _logits_at(model, ids.to(model.device), None, torch.tensor(rows), torch.tensor(cols))  # (N, V)
+        token_lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, torch.tensor(targets, device=logits.device)[:, None])[:, 0]
+        for i, lp in zip(owner, token_lp.tolist()):
+            out[i] += lp
         if progress is not None:
-            progress.update(len(chunk))
-    out = [0.0] * len(order)
-    for j, sc in zip(order, scores):
-        out[j] = sc
+            progress.update(sum(len(by_input[inputs[inp]]) for inp in batch))
     return out
