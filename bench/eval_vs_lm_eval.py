@@ -7,8 +7,11 @@ bench/results/eval_vs_lm_eval.json and the table into bench/README.md.
 
 Workload: the "small" tiny Llama (hidden 256, 4 layers, vocab 2048, built by tunesmith's factory,
 seed 0), fp32, one torch thread. Questions: the first N of GSM8K test (`../shared/data`) as
-4-way multiple choice: context "Question: ...\\nAnswer:", choices " <number>": the gold final answer
-and those of the next three questions (without ../shared: synthetic questions, and it says so).
+4-way multiple choice, in two layouts: "answers" (context "Question: ...\\nAnswer:", choices
+" <number>": the gold final answer and those of the next three questions) and "letters" (MMLU's
+layout: the four numbers listed as A-D in the context, choices " A" ... " D"; one-token choices,
+which both frameworks score from one shared forward pass). Without ../shared: synthetic questions,
+and it says so.
 Both score the identical (context, continuation) requests: tunesmith with
 `evaluate.loglik.continuation_logprobs`, lm-eval with `HFLM(...).loglikelihood` (add_bos_token=True,
 the same batch size). Timed: the scoring call only (model loading excluded), best of `repeats`
@@ -48,8 +51,15 @@ def questions(n: int) -> tuple[list[tuple[str, list[str], int]], str]:
         choices = [golds[i]] + [g for g in golds[i + 1 : i + 4] if g != golds[i]][:3]
         while len(choices) < 4:
             choices.append(str(len(choices) * 1000 + i))
-        out.append((f"Question: {qs[i]}\nAnswer:", [" " + c for c in choices], 0))
+        k = i % 4  # the gold answer moves through the four positions
+        choices = choices[1 : k + 1] + choices[:1] + choices[k + 1 :]
+        out.append((f"Question: {qs[i]}\nAnswer:", [" " + c for c in choices], k))
     return out, src
+
+
+def as_letters(qs):
+    return [(c.removesuffix("Answer:") + "".join(f"{'ABCD'[j]}.{x}\n" for j, x in enumerate(ch)) + "Answer:",
+             [f" {'ABCD'[j]}" for j in range(len(ch))], g) for c, ch, g in qs]
 
 
 def run_tunesmith(model, tok, pairs, bs):
@@ -103,40 +113,43 @@ def main() -> None:
 
     from tunesmith.models.tiny import init_model
 
-    qs, src = questions(args.questions)
-    pairs = [(c, x) for c, ch, _ in qs for x in ch]
+    base_qs, src = questions(args.questions)
+    workloads = {"answers": base_qs, "letters": as_letters(base_qs)}
+    rows, summary, notes = [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         mdir = init_model(Path(tmp) / "small", size="small", seed=0)
         tok = AutoTokenizer.from_pretrained(mdir)
         model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32).eval()
         lm = HFLM(pretrained=str(mdir), batch_size=args.batch_size, device="cpu", dtype="float32", add_bos_token=True)
-        times = {"tunesmith": [], "lm-eval": []}
-        for _ in range(args.repeats):
-            ts, dt = run_tunesmith(model, tok, pairs, args.batch_size)
-            times["tunesmith"].append(dt)
-            le, dt = run_lm_eval(lm, pairs)
-            times["lm-eval"].append(dt)
-    diff = max(abs(a - b) for a, b in zip(ts, le))
-    p_ts, p_le = picks(ts, qs), picks(le, qs)
-    acc = {k: sum(p == g for p, (_, _, g) in zip(v, qs)) / len(qs) for k, v in (("tunesmith", p_ts), ("lm-eval", p_le))}
-    best = {k: min(v) for k, v in times.items()}
-    rate = {k: len(pairs) / v for k, v in best.items()}
-    table = "\n".join([
-        "| framework | requests | seconds (best) | requests/s | acc |", "|---|---:|---:|---:|---:|",
-        *(f"| {k} | {len(pairs)} | {best[k]:.2f} | {rate[k]:.1f} | {acc[k]:.3f} |" for k in best),
-        f"| **tunesmith / lm-eval** | | | **{rate['tunesmith'] / rate['lm-eval']:.2f}x** | |",
-    ])
+        for name, qs in workloads.items():
+            pairs = [(c, x) for c, ch, _ in qs for x in ch]
+            times = {"tunesmith": [], "lm-eval": []}
+            for _ in range(args.repeats):
+                ts, dt = run_tunesmith(model, tok, pairs, args.batch_size)
+                times["tunesmith"].append(dt)
+                le, dt = run_lm_eval(lm, pairs)
+                times["lm-eval"].append(dt)
+            diff = max(abs(a - b) for a, b in zip(ts, le))
+            p_ts, p_le = picks(ts, qs), picks(le, qs)
+            acc = {k: sum(p == g for p, (_, _, g) in zip(v, qs)) / len(qs) for k, v in (("tunesmith", p_ts), ("lm-eval", p_le))}
+            best = {k: min(v) for k, v in times.items()}
+            rate = {k: len(pairs) / v for k, v in best.items()}
+            rows += [f"| {name} | {k} | {len(pairs)} | {best[k]:.2f} | {rate[k]:.1f} | {acc[k]:.3f} |" for k in best]
+            rows.append(f"| {name} | **tunesmith / lm-eval** | | | **{rate['tunesmith'] / rate['lm-eval']:.2f}x** | |")
+            notes.append(f"{name}: largest |log-likelihood difference| {diff:.2e}, picks agree on {sum(a == b for a, b in zip(p_ts, p_le))}/{len(qs)}")
+            summary[name] = {"times": times, "acc": acc, "max_abs_diff": diff, "requests": len(pairs)}
+    table = "\n".join(["| layout | framework | requests | seconds (best) | requests/s | acc |",
+                       "|---|---|---:|---:|---:|---:|", *rows])
     import lm_eval
     import transformers
 
-    meta = (f"Data: {src}, 4 choices each. Model: tiny 'small' Llama, fp32, 1 thread, batch {args.batch_size}. "
-            f"Largest |log-likelihood difference| between the two: {diff:.2e}; picks agree on "
-            f"{sum(a == b for a, b in zip(p_ts, p_le))}/{len(qs)} questions. Versions: lm_eval {lm_eval.__version__}, "
+    meta = (f"Data: {src}, 4 choices each. Model: tiny 'small' Llama (untrained), fp32, 1 thread, batch {args.batch_size}, "
+            f"best of {args.repeats} alternating runs. " + "; ".join(notes) + f". Versions: lm_eval {lm_eval.__version__}, "
             f"transformers {transformers.__version__}, torch {torch.__version__}.")
     print(table + "\n\n" + meta)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "eval_vs_lm_eval.json").write_text(json.dumps(
-        {"times": times, "acc": acc, "max_abs_diff": diff, "requests": len(pairs), "source": src}, indent=2))
+        {"source": src, "workloads": summary}, indent=2))
     write_readme(table, "PYTHONPATH=src .venv/bin/python bench/eval_vs_lm_eval.py " + " ".join(sys.argv[1:]), meta)
 
 
