@@ -72,4 +72,14 @@ def prepare(
     return job.run(overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare"]
+def eval(config: str | Path | None = None, overrides: list[str] | None = None, *, model: str | None = None,  # noqa: A001
+         adapter: str | None = None, base: str | None = None, tasks: str | list[str] | None = None,
+         out: str | Path | None = None, overwrite: bool = False) -> dict:
+    """`tunesmith eval`: perplexity, tasks, judge and before/after into OUT (default RUN_DIR/eval).
+    Named like the subcommand (shadowing the builtin inside this module only)."""
+    from .evaluate.run import evaluate
+
+    return evaluate(config, overrides, model=model, adapter=adapter, base=base, tasks=tasks, out=out, overwrite=overwrite)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare", "eval"]

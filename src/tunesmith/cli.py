@@ -6,6 +6,7 @@ anything else is our bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UserError
@@ -54,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer for token counts (default: model.path)")
     p.add_argument("--jsonl", action="store_true", help="also write train.jsonl / eval.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p = sub.add_parser("eval", help="evaluate a model/adapter: perplexity, benchmark tasks, LLM-as-judge, before/after vs its base")
+    p.add_argument("config", nargs="?", default=None, help="run config (YAML): scores its adapter/ or model/, writes RUN_DIR/eval")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.limit=50 eval.num_samples=5 eval.pass_k=[1,5]")
+    p.add_argument("--model", help="model directory (or the base of --adapter) when there is no run config")
+    p.add_argument("--adapter", help="PEFT adapter directory applied to --model")
+    p.add_argument("--base", nargs="?", const="auto", default=None, help="also score this base model and report deltas (alone: the config's model.path)")
+    p.add_argument("--tasks", help="NAME=FILE[,NAME=FILE...]: gsm8k, humaneval, mmlu, arc, hellaswag, mc readers by name prefix, or a task YAML")
+    p.add_argument("--perplexity", nargs="+", metavar="FILE", help="data files to report loss/perplexity on")
+    p.add_argument("--limit", type=int, help="score only the first N examples of each task")
+    p.add_argument("--few-shot", type=int, help="built-in tasks: the first N rows become solved examples before each prompt")
+    p.add_argument("--judge", choices=["single", "pairwise"], help="LLM-as-judge mode (with --judge-questions)")
+    p.add_argument("--judge-questions", help="JSONL of {question, reference?} for the judge")
+    p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", help="model name sent to the judge endpoint")
+    p.add_argument("--judge-local", help="local model directory to judge with")
+    p.add_argument("--harness", help="lm-evaluation-harness tasks, comma-separated (needs tunesmith[harness])")
+    p.add_argument("--harness-include", help="directory of your own lm-eval task YAMLs (e.g. pointing at local data)")
+    p.add_argument("--out", help="the eval directory to write (default RUN_DIR/eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing eval directory")
 
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
@@ -73,6 +93,18 @@ def _quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+
+
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    """`tunesmith eval` flags that are eval.* config keys, as dotted overrides (JSON is valid YAML)."""
+    import json
+
+    pairs = {"eval.perplexity": args.perplexity, "eval.limit": args.limit, "eval.few_shot": args.few_shot, "eval.judge.mode": args.judge,
+             "eval.judge.questions": args.judge_questions, "eval.judge.endpoint": args.judge_endpoint,
+             "eval.judge.model": args.judge_model, "eval.judge.local": args.judge_local,
+             "eval.harness": args.harness.split(",") if args.harness else None,
+             "eval.harness_include": args.harness_include}
+    return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"prepared {m['splits']['train']} train / {m['splits']['eval']} eval rows into {m['output_dir']}; see {m['output_dir']}/prepare_report.md")
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
+        elif args.command == "eval":
+            config, overrides = args.config, list(args.overrides)
+            if config and "=" in config and not os.path.exists(config):  # no config, only overrides
+                config, overrides = None, [config] + overrides
+            api.eval(config, overrides + _eval_overrides(args), model=args.model, adapter=args.adapter,
+                     base=args.base, tasks=args.tasks, out=args.out, overwrite=args.overwrite)
     except UserError as e:
         print(f"tunesmith {args.command}: error: {e}", file=sys.stderr)
         return 2

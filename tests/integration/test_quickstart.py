@@ -117,7 +117,7 @@ def test_plain_peft_reproduces_the_reported_answers(quickstart):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.evaluation import greedy_answers
+    from tunesmith.evaluate.generation import greedy_answers
 
     out, r, _ = quickstart
     tok = AutoTokenizer.from_pretrained(out / "pretrain" / "model")

@@ -227,7 +227,7 @@ def _train(cfg) -> dict:
 def pretrain_samples(model_dir: Path) -> list[tuple[str, str]]:
     from transformers import AutoModelForCausalLM
 
-    from ..evaluation import greedy_generate
+    from ..evaluate.generation import greedy_generate
     from ..models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
@@ -244,7 +244,9 @@ def before_after(base_dir: Path, adapter_dir: Path, eval_rows: list[dict], eval_
     from transformers import AutoModelForCausalLM
 
     from ..config import DataConfig
-    from ..evaluation import answer_loss, exact_match, greedy_answers
+    from ..evaluate.generation import greedy_answers
+    from ..evaluate.loglik import answer_loss
+    from ..evaluate.metrics import exact_match
     from ..models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(base_dir))
