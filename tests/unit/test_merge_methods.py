@@ -97,3 +97,13 @@ def test_dare_ties_with_density_one_equals_ties():
 def test_methods_needing_a_base_say_so():
     with pytest.raises(ConfigError, match="base_model"):
         ties([torch.zeros(2)], [1.0], None, MergeParams())
+
+
+def test_per_model_density():
+    """densities (1/3, 1, 2/3): rows become [3,0,0], [1,2,-0.2], [-2,1,0] (row 2 keeps its 2 largest).
+    column 0: sum 2 > 0, agreeing {3, 1} -> 2; column 1: sum 3, agreeing {2, 1} -> 1.5;
+    column 2: sum -0.2 < 0, agreeing {-0.2} -> -0.2."""
+    out = ties([torch.tensor(d) for d in DELTAS], [1, 1, 1], torch.zeros(3), MergeParams(density=(1 / 3, 1.0, 2 / 3)))
+    torch.testing.assert_close(out, torch.tensor([2.0, 1.5, -0.2]))
+    kept = dare_drop(torch.ones(2, 10_000), (1.0, 0.5), torch.Generator().manual_seed(0))
+    assert bool((kept[0] == 1).all()) and set(kept[1].unique().tolist()) == {0.0, 2.0}

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 class MergeParams:
     """Per-tensor parameters; the runner resolves per-tensor rules into these numbers."""
 
-    density: float = 1.0  # TIES/DARE: fraction of each task vector kept
+    density: float | tuple[float, ...] = 1.0  # TIES/DARE: fraction of each task vector kept (or one per model)
     t: float = 0.5  # SLERP: 0 gives the first model, 1 the second
     normalize: bool = True  # linear/TIES/DARE: divide by the sum of the weights
     scale: float = 1.0  # task arithmetic/TIES/DARE: lambda, the factor on the merged task vector
@@ -82,18 +82,23 @@ def task_arithmetic(tensors, weights, base=None, p: MergeParams = MergeParams())
     return base.to(torch.float32) + p.scale * (_weights_like(weights, tau) * tau).sum(0)
 
 
-def trim_magnitude(tau: torch.Tensor, density: float) -> torch.Tensor:
-    """Keep the `density` fraction of largest-magnitude entries of each task vector, zero the rest
-    (TIES step 1, "Trim"). tau: (M, *shape)."""
-    if density >= 1.0:
-        return tau
+def _per_model(density, n: int) -> list[float]:
+    return list(density) if isinstance(density, (tuple, list)) else [float(density)] * n
+
+
+def trim_magnitude(tau: torch.Tensor, density) -> torch.Tensor:
+    """Keep the `density` fraction (one value, or one per model) of largest-magnitude entries of each
+    task vector, zero the rest (TIES step 1, "Trim"). tau: (M, *shape)."""
     flat = tau.reshape(tau.shape[0], -1)
-    k = int(round(density * flat.shape[1]))
-    if k <= 0:
-        return torch.zeros_like(tau)
-    idx = flat.abs().topk(k, dim=1).indices
-    mask = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, idx, True)
-    return (flat * mask).reshape(tau.shape)
+    out = torch.zeros_like(flat)
+    for i, d in enumerate(_per_model(density, tau.shape[0])):
+        k = int(round(min(d, 1.0) * flat.shape[1]))
+        if k >= flat.shape[1]:
+            out[i] = flat[i]
+        elif k > 0:
+            idx = flat[i].abs().topk(k).indices
+            out[i, idx] = flat[i, idx]
+    return out.reshape(tau.shape)
 
 
 def ties_combine(tau: torch.Tensor, w: torch.Tensor, normalize: bool = True) -> torch.Tensor:
@@ -119,15 +124,16 @@ def ties(tensors, weights, base=None, p: MergeParams = MergeParams()) -> torch.T
     return base.to(torch.float32) + p.scale * merged
 
 
-def dare_drop(tau: torch.Tensor, density: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def dare_drop(tau: torch.Tensor, density, generator: torch.Generator | None = None) -> torch.Tensor:
     """DARE (Yu et al. 2024, "Language models are Super Mario", eq. 2): drop each entry with
-    probability 1 - density and rescale the survivors by 1 / density, so E[result] = tau."""
-    if density >= 1.0:
+    probability 1 - density and rescale the survivors by 1 / density, so E[result] = tau.
+    tau: (M, *shape); density: one value or one per model."""
+    d = torch.tensor(_per_model(density, tau.shape[0]), dtype=torch.float32)
+    d = d.view(-1, *([1] * (tau.dim() - 1)))  # (M, 1, ..., 1)
+    if bool((d >= 1.0).all()):
         return tau
-    if density <= 0.0:
-        return torch.zeros_like(tau)
-    keep = torch.rand(tau.shape, generator=generator) < density
-    return tau * keep / density
+    keep = torch.rand(tau.shape, generator=generator) < d
+    return torch.where(keep, tau / d.clamp_min(1e-12), torch.zeros_like(tau))
 
 
 def dare_linear(tensors, weights, base=None, p: MergeParams = MergeParams()) -> torch.Tensor:
