@@ -92,29 +92,40 @@ def test_dora_and_ia3_merge_equal_adapter_forward(tiny_dir, tok, tmp_path, kind)
     assert (_logits(peft_model, ids) - _logits(merged, ids)).abs().max().item() < 1e-4
 
 
-def test_qlora_adapter_merges_into_dequantized_4bit_base(tiny_dir, tok, tmp_path):
-    """PITFALLS 15: the merged model must match 4-bit base + adapter (what training saw), not the
-    fp32 original + adapter; the two differ by the NF4 rounding error."""
+@pytest.mark.parametrize("quantization", ["nf4", "int8"])
+def test_qlora_adapter_merges_into_dequantized_base(tiny_dir, tok, tmp_path, quantization):
+    """PITFALLS 15: the merged model must match quantized base + adapter (what training saw), not the
+    fp32 original + adapter; the two differ by the rounding error of the 4/8-bit base."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                           bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.uint8)
-    base4 = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=q, device_map={"": "cpu"},
-                                                 dtype=torch.float32)
+    q = (BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                            bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.uint8)
+         if quantization == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
+    base_q = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=q, device_map={"": "cpu"},
+                                                  dtype=torch.float32)
     adapter = tmp_path / "run" / "adapter"
-    peft4 = _make_adapter(tiny_dir, tok, adapter, _lora(), quantized=base4)
-    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": {"quantization": "nf4", "double_quant": True}}))
+    peft_q = _make_adapter(tiny_dir, tok, adapter, _lora(), quantized=base_q)
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": {"quantization": quantization,
+                                                                            "double_quant": True}}))
     ids = probe_ids(tok)
-    want = _logits(peft4, ids)
+    want = _logits(peft_q, ids)
     summary = merge_adapter(tiny_dir, adapter, tmp_path / "out")
-    assert summary["base_quantization"] == "nf4"
+    assert summary["base_quantization"] == quantization
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert not hasattr(merged.config, "quantization_config")
-    err_right = (want - _logits(merged, ids)).abs().max().item()
     merge_adapter(tiny_dir, adapter, tmp_path / "naive", base_quantization="none")
     naive = AutoModelForCausalLM.from_pretrained(tmp_path / "naive", dtype=torch.float32)
-    err_naive = (want - _logits(naive, ids)).abs().max().item()
-    assert err_right < 1e-4 and err_naive > 100 * err_right
+    if quantization == "nf4":  # NF4 computes dequant(W) x in fp32: the logits must match
+        err_right = (want - _logits(merged, ids)).abs().max().item()
+        err_naive = (want - _logits(naive, ids)).abs().max().item()
+    else:  # LLM.int8 also rounds the activations, so compare weights: dequant(W8) = CB * SCB / 127, + B A s
+        qp = peft_q.base_model.model.model.layers[0].self_attn.q_proj
+        scb = qp.base_layer.weight.SCB if qp.base_layer.weight.SCB is not None else qp.base_layer.state.SCB
+        deq = qp.base_layer.weight.data.float() * scb.float()[:, None] / 127  # (after a forward SCB moves to state)
+        want_w = deq + qp.lora_B["default"].weight @ qp.lora_A["default"].weight * qp.scaling["default"]
+        err_right = (merged.model.layers[0].self_attn.q_proj.weight - want_w).abs().max().item()
+        err_naive = (naive.model.layers[0].self_attn.q_proj.weight - want_w).abs().max().item()
+    assert err_right < 1e-5 and err_naive > 10 * err_right, (err_right, err_naive)
 
 
 def test_merge_errors_name_the_fix(tiny_dir, tok, tmp_path):
