@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             s = api.merge(args.out, base=args.base, adapter=args.adapter, weights=args.weights, config=args.config,
                           overrides=args.overrides, base_quantization=args.base_quantization, dtype=args.dtype,
                           overwrite=args.overwrite)
-            print(f"wrote {s['out']} ({s['size_bytes'] / 2**20:.1f} MiB, {s['dtype']}); see merge_report.md")
+            print(f"wrote {s['out']} ({s['size_bytes'] / 2**20:.1f} MiB, {s['dtype']}); see report.md")
             print(f"verified: {s['verified']}")
         elif args.command == "quantize":
             s = api.quantize(args.model, args.out, args.method, bits=args.bits, group_size=args.group_size,

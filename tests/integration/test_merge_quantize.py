@@ -63,9 +63,9 @@ def test_train_merge_answers_like_the_adapter(tmp_path, tiny_dir, alpaca64, quan
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     assert tok_merged.apply_chat_template(messages, tokenize=False) == tok_run.apply_chat_template(messages, tokenize=False)
     assert set(p.name for p in out.iterdir()) >= {"config.json", "model.safetensors", "tokenizer.json",
-                                                  "tokenizer_config.json", "merge_report.md"}
+                                                  "tokenizer_config.json", "report.md"}
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
-    report = (out / "merge_report.md").read_text()
+    report = (out / "report.md").read_text()
     assert f"quantization `{quantization}`" in report
 
     # never clobber without --overwrite; with it, replace
@@ -130,3 +130,14 @@ def test_quantize_refuses_bad_input(tmp_path, tiny_dir, capsys):
     assert main(["quantize", "--model", str(tmp_path), "--out", str(tmp_path / "a"), "--method", "nf4"]) == 2
     assert "not a model directory" in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
+
+
+def test_quantize_failed_verification_writes_nothing(tmp_path, tiny_dir, monkeypatch, capsys):
+    """A quantized model that scores far worse than the original is an error, not a warning."""
+    import tunesmith.export.quantize as q
+
+    real = q.perplexity
+    monkeypatch.setattr(q, "perplexity", lambda model, ids, desc="": real(model, ids) * (1 if "original" in desc else 3))
+    assert main(["quantize", "--model", str(tiny_dir), "--out", str(tmp_path / "q"), "--method", "nf4", *QUANT_ARGS]) == 2
+    assert "the quantized model is broken" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

@@ -52,7 +52,7 @@ def test_lora_merge_equals_adapter_forward_and_unmerge_restores(tiny_dir, tok, t
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
     assert (want - _logits(merged, ids)).abs().max().item() < 1e-5
     assert not any("lora" in k for k in merged.state_dict())
-    assert summary["max_logit_diff"] < 1e-5 and (tmp_path / "out" / "merge_report.md").is_file()
+    assert summary["max_logit_diff"] < 1e-5 and (tmp_path / "out" / "report.md").is_file()
     assert sorted(p.name for p in (tmp_path / "out").glob("*.safetensors")) == ["model.safetensors"]
     # Unmerge: PEFT subtracts the same delta it added, so the base weights come back.
     w0 = peft_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer.weight.clone()
@@ -139,3 +139,14 @@ def test_merge_errors_name_the_fix(tiny_dir, tok, tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         merge_adapter(tiny_dir, tmp_path / "a", tmp_path / "out")
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_failed_verification_is_an_error_and_writes_nothing(tiny_dir, tok, tmp_path, monkeypatch):
+    import tunesmith.merge.adapter as adapter_mod
+    from tunesmith.merge.io import VerificationError
+
+    _make_adapter(tiny_dir, tok, tmp_path / "a", _lora())
+    monkeypatch.setattr(adapter_mod, "max_logit_diff", lambda a, b: 1.0)  # as if the merge had gone wrong
+    with pytest.raises(VerificationError, match="differ from the adapter's"):
+        merge_adapter(tiny_dir, tmp_path / "a", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))

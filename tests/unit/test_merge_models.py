@@ -51,7 +51,7 @@ def test_linear_with_per_tensor_weights(family, tmp_path):
     name = "model.layers.0.self_attn.k_proj.weight"
     torch.testing.assert_close(got[name], (wa[name] + wb[name]) / 2)
     assert summary["tensors"] == len(wa) and (tmp_path / "out" / "tokenizer.json").is_file()
-    assert (tmp_path / "out" / "merge_report.md").is_file()
+    assert (tmp_path / "out" / "report.md").is_file()
 
 
 def test_ties_and_task_arithmetic_against_formula(family, tmp_path):

@@ -33,6 +33,13 @@ METHODS = ("int8", "nf4", "gptq", "awq")
 EVAL_WINDOWS = 64
 
 
+def source_dtype(path: Path) -> torch.dtype:
+    """The dtype the model is stored in; tensors that are not quantized stay in it."""
+    cfg = read_json(path / "config.json")
+    name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
 def _load_fp32(path: Path):
     from transformers import AutoModelForCausalLM
 
@@ -52,10 +59,10 @@ def write_bnb(src: Path, tmp: Path, method: str, probes: torch.Tensor) -> tuple[
     """Quantize with bitsandbytes, save, reload with plain from_pretrained; the reload must match."""
     from transformers import AutoModelForCausalLM
 
-    q = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, quantization_config=_bnb_config(method),
+    q = AutoModelForCausalLM.from_pretrained(src, dtype=source_dtype(src), quantization_config=_bnb_config(method),
                                              device_map={"": "cpu"}, use_safetensors=True).eval()
     q.save_pretrained(tmp, safe_serialization=True)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp, device_map={"": "cpu"}, dtype=torch.float32).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, device_map={"": "cpu"}, dtype=source_dtype(src)).eval()
     kind = "Linear4bit" if method == "nf4" else "Linear8bitLt"
     if not any(type(m).__name__ == kind for m in reloaded.modules()):
         raise VerificationError(f"{tmp.name} reloaded without {kind} layers; the quantization config was not saved")
@@ -82,7 +89,8 @@ def write_packed(src: Path, tmp: Path, method: str, calib: torch.Tensor, bits: i
 
     model = _load_fp32(src)
     results, diag = quantize_model_layers(model, calib, method, bits, group_size, act_order)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    keep = source_dtype(src)  # embeddings, norms, lm_head: as stored in the source, not the fp32 working copy
+    state = {k: (v.to(keep) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     for name, r in results.items():
         del state[f"{name}.weight"]
         packed = (pack_gptq(r["q"], r["zero"], r["scale"], r["g_idx"], bits) if method == "gptq"

@@ -135,7 +135,7 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
         summary = {"out": str(out), "base": str(base), "adapters": [str(a) for a in adapters], "weights": weights,
                    "base_quantization": quant, "dtype": str(save_dtype).removeprefix("torch."),
                    "max_logit_diff": diff, "tolerance": tol, "seconds": round(time.perf_counter() - t0, 2)}
-        write_text_atomic(tmp / "merge_report.md", _report(summary))
+        write_text_atomic(tmp / "report.md", _report(summary))
     summary["size_bytes"] = dir_size(out)
     return summary
 

@@ -150,7 +150,7 @@ def merge_models(config: str | Path, out: str | Path, overrides: list[str] | Non
                    "base_model": cfg.base_model, "dtype": _DTYPE_NAMES[dtype], "tensors": len(state), "files": files,
                    "tokenizer_files": copied, "tokenizer_from": str(tok_src), "probe_logits_max": diff,
                    "seconds": round(time.perf_counter() - t0, 2)}
-        write_text_atomic(tmp / "merge_report.md", _report(cfg, summary))
+        write_text_atomic(tmp / "report.md", _report(cfg, summary))
     summary["size_bytes"] = dir_size(out)
     return summary
 
