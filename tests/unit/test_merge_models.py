@@ -120,3 +120,15 @@ def test_different_architectures_refused(family, tmp_path):
     with pytest.raises(UserError, match="one architecture"):
         merge_models(_write(tmp_path, {"method": "linear", "models": [{"path": str(a)}, {"path": str(small)}]}),
                      tmp_path / "o")
+
+
+def test_example_merge_yaml_validates():
+    from pathlib import Path
+
+    from tunesmith.config import load_config
+    from tunesmith.merge.config import MergeConfig, resolve
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "merge_ties.yaml", schema=MergeConfig)
+    assert cfg.method == "ties" and cfg.parameters.density == 0.5
+    assert resolve(cfg.models[0].weight, "model.layers.0.mlp.up_proj.weight") == 0.7
+    assert resolve(cfg.models[0].weight, "model.layers.0.self_attn.q_proj.weight") == 0.5
