@@ -2,8 +2,8 @@
 
 Every method takes the same tensor of each model (`tensors`, one per model, same shape), their
 `weights`, the base model's tensor where the method needs one, and its own parameters, and returns
-the merged tensor in fp32. The runner (`merge/models.py`) applies them tensor by tensor, so a
-7B merge never holds more than one tensor of each model in memory.
+the merged tensor in fp32. The runner (`merge/models.py`) applies them tensor by tensor, reading
+one tensor of each input model at a time.
 
 Read (never copied) for the conventions: mergekit's `merge_methods/` (sign election by the sum of
 the weighted deltas, disjoint mean divided by the weights that agree) and PEFT's
