@@ -82,4 +82,41 @@ def eval(config: str | Path | None = None, overrides: list[str] | None = None, *
     return evaluate(config, overrides, model=model, adapter=adapter, base=base, tasks=tasks, out=out, overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare", "eval"]
+def merge(out: str | Path, base: str | Path | None = None, adapter: str | Path | list | None = None,
+          weights: list[float] | None = None, config: str | Path | None = None, overrides: list[str] | None = None,
+          base_quantization: str = "auto", dtype: str = "auto", overwrite: bool = False) -> dict:
+    """Adapter merge (`base` + `adapter`) or model merging (`config`, a merge.yaml); verified before it is kept."""
+    from .errors import UserError
+
+    if config is not None:
+        if base is not None or adapter:
+            raise UserError("give either --config merge.yaml (model merging) or --base and --adapter, not both")
+        from .merge.models import merge_models
+
+        s = merge_models(config, out, overrides, overwrite=overwrite)
+        s["verified"] = f"from_pretrained loads all {s['tensors']} tensors exactly as merged; probe logits finite"
+        return s
+    if base is None or not adapter:
+        raise UserError("`tunesmith merge` needs --base and --adapter (adapter merge) or --config merge.yaml (model merging)")
+    if overrides:
+        raise UserError(f"overrides {overrides} apply to --config only")
+    from .merge.adapter import merge_adapter
+
+    s = merge_adapter(base, adapter, out, weights, base_quantization=base_quantization, dtype=dtype, overwrite=overwrite)
+    s["verified"] = (f"merged logits = adapter logits within {s['max_logit_diff']:.1e} (tolerance {s['tolerance']:.0e}); "
+                     "saved weights reload bit-for-bit; chat template kept")
+    return s
+
+
+def quantize(model: str | Path, out: str | Path, method: str, bits: int = 4, group_size: int = 128,
+             act_order: bool = False, calibration: str | Path | None = None, eval_file: str | Path | None = None,
+             samples: int = 128, seq_len: int = 256, overwrite: bool = False) -> dict:
+    """INT8/NF4/GPTQ/AWQ checkpoint of `model`, reloaded and scored (perplexity) against the original."""
+    from .export.quantize import quantize_model
+
+    return quantize_model(model, out, method, bits=bits, group_size=group_size, act_order=act_order,
+                          calibration=calibration, eval_file=eval_file, samples=samples, seq_len=seq_len,
+                          overwrite=overwrite)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare", "eval", "merge", "quantize"]

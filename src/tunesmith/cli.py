@@ -74,6 +74,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--harness-include", help="directory of your own lm-eval task YAMLs (e.g. pointing at local data)")
     p.add_argument("--out", help="the eval directory to write (default RUN_DIR/eval)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing eval directory")
+    p = sub.add_parser("merge", help="merge adapters into their base (--base --adapter) or whole models (--config merge.yaml)")
+    p.add_argument("--out", required=True, help="directory for the merged transformers model")
+    p.add_argument("--base", help="base model directory the adapter was trained on")
+    p.add_argument("--adapter", action="append", help="PEFT adapter directory (repeat for a weighted merge of several)")
+    p.add_argument("--weights", nargs="+", type=float, help="one weight per --adapter (LoRA only)")
+    p.add_argument("--base-quantization", default="auto", help="auto (from the run's config.yaml) | none | nf4 | int8")
+    p.add_argument("--dtype", default="auto", help="saved dtype: auto (the base's) | fp32 | bf16 | fp16")
+    p.add_argument("--config", help="merge.yaml for model merging (linear, slerp, task_arithmetic, ties, dare_*)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of merge.yaml, e.g. parameters.density=0.5")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = sub.add_parser("quantize", help="INT8/NF4 (bitsandbytes), GPTQ or AWQ checkpoint, with perplexity vs the original")
+    p.add_argument("--model", required=True, help="model directory (e.g. the output of `tunesmith merge`)")
+    p.add_argument("--out", required=True, help="directory for the quantized model")
+    p.add_argument("--method", required=True, help="int8 | nf4 | gptq | awq")
+    p.add_argument("--bits", type=int, default=4, help="gptq/awq: 4 or 8")
+    p.add_argument("--group-size", type=int, default=128, help="gptq/awq: columns per scale (-1: one per row)")
+    p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--calibration", help="text file (.txt lines, or .jsonl with a `text` field) for gptq/awq; default: built-in text")
+    p.add_argument("--eval", dest="eval_file", help="held-out text for perplexity; default: built-in text disjoint from calibration")
+    p.add_argument("--samples", type=int, default=128, help="calibration sequences")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration/evaluation sequence")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
@@ -128,6 +151,18 @@ def main(argv: list[str] | None = None) -> int:
             m = api.prepare(args.config, args.overrides, input=args.input, format=args.format, out=args.out, benchmarks=args.benchmark,
                             tokenizer=args.tokenizer, jsonl=args.jsonl, overwrite=args.overwrite)
             print(f"prepared {m['splits']['train']} train / {m['splits']['eval']} eval rows into {m['output_dir']}; see {m['output_dir']}/prepare_report.md")
+        elif args.command == "merge":
+            s = api.merge(args.out, base=args.base, adapter=args.adapter, weights=args.weights, config=args.config,
+                          overrides=args.overrides, base_quantization=args.base_quantization, dtype=args.dtype,
+                          overwrite=args.overwrite)
+            print(f"wrote {s['out']} ({s['size_bytes'] / 2**20:.1f} MiB, {s['dtype']}); see report.md")
+            print(f"verified: {s['verified']}")
+        elif args.command == "quantize":
+            s = api.quantize(args.model, args.out, args.method, bits=args.bits, group_size=args.group_size,
+                             act_order=args.act_order, calibration=args.calibration, eval_file=args.eval_file,
+                             samples=args.samples, seq_len=args.seq_len, overwrite=args.overwrite)
+            print(f"wrote {s['out']} ({s['size_bytes'] / 2**20:.1f} MiB); see report.md")
+            print(f"verified: {s['verified']}")
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
         elif args.command == "eval":
