@@ -18,7 +18,7 @@ import yaml
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (pip install 'tunesmith[gguf]'); GGUF checks in llama.cpp skipped")
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402
 
 from tunesmith.cli import main as cli_main  # noqa: E402
 from tunesmith.export import gguf_write  # noqa: E402

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-gguf = pytest.importorskip("gguf")
+import gguf  # noqa: E402
 
 from tunesmith.errors import UserError  # noqa: E402
 from tunesmith.export.gguf_export import export_gguf  # noqa: E402
