@@ -80,7 +80,8 @@ def time_llama(path: Path, prompt: list[int], threads: int) -> tuple[float, floa
     import llama_cpp
     import numpy as np
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=256, n_threads=threads, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=256, n_threads=threads, verbose=False,
+                          logits_all=True)  # llama-cpp-python keeps logits only with logits_all
     gen, pp = [], []
     for _ in range(3):
         llm.reset()

@@ -9,6 +9,7 @@ second, drifting copy of llama.cpp; the `llama-cpp-python` package exposes the r
 
 from __future__ import annotations
 
+import ctypes
 from pathlib import Path
 
 from ..errors import UserError
@@ -56,6 +57,6 @@ def quantize_with_llama_cpp(src: Path, dst: Path, quant: str, threads: int = 0) 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[quant]
     params.nthread = threads
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama.cpp failed to quantize {src} to {quant} (return code {rc})")
