@@ -159,3 +159,27 @@ def test_modelfile_without_a_known_template(tiny_dir):
     text = modelfile_text("m.gguf", tok)
     assert "TEMPLATE" not in text.replace("# TEMPLATE", "")
     assert 'PARAMETER stop "<|im_end|>"' in text
+
+
+def test_nll_by_hand():
+    """Row 1: logits [0, 0], target 0: log(e^0 + e^0) - 0 = ln 2.
+    Row 2: logits [ln 3, 0], target 0: log(3 + 1) - ln 3 = ln(4/3)."""
+    from tunesmith.export.gguf_verify import _nll
+
+    got = _nll(np.array([[0.0, 0.0], [np.log(3.0), 0.0]]), np.array([0, 0]))
+    assert np.allclose(got, [np.log(2.0), np.log(4.0 / 3.0)], atol=1e-12)
+
+
+def test_eval_windows_start_with_bos_and_cover_the_text(tok, tmp_path):
+    from tunesmith.export.gguf_export import eval_windows
+
+    text = tmp_path / "held_out.txt"
+    text.write_text("The fox walks to the park. " * 40, encoding="utf-8")
+    windows = eval_windows(tok, text, window=32, max_windows=100)
+    assert all(w[0] == tok.bos_token_id and len(w) <= 32 for w in windows)
+    ids = tok(text.read_text(), add_special_tokens=False)["input_ids"]
+    assert [i for w in windows for i in w[1:]] == ids[: sum(len(w) - 1 for w in windows)]
+    assert sum(len(w) - 1 for w in windows) >= len(ids) - 2
+    (tmp_path / "tiny.txt").write_text("a", encoding="utf-8")
+    with pytest.raises(UserError, match="too little text"):
+        eval_windows(tok, tmp_path / "tiny.txt")

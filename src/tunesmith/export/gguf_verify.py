@@ -101,12 +101,18 @@ def check_template(llm, tokenizer) -> str:
 
 
 def greedy_hf(model, ids: list[int], n: int) -> list[int]:
+    """Plain argmax with the KV cache: `generate()` would apply the generation config's processors
+    (min length suppresses EOS, repetition penalties, ...) that llama.cpp's argmax does not."""
     import torch
 
+    out_ids = []
     with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-    return out[0, len(ids):].tolist()
+        out = model(torch.tensor([ids]), use_cache=True)
+        for _ in range(n):
+            nxt = int(out.logits[0, -1].argmax())
+            out_ids.append(nxt)
+            out = model(torch.tensor([[nxt]]), past_key_values=out.past_key_values, use_cache=True)
+    return out_ids
 
 
 def greedy_llama(llm, ids: list[int], n: int) -> list[int]:
