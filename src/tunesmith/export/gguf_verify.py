@@ -158,7 +158,11 @@ def verify(path: Path, model, tokenizer, quant: str, windows: list[list[int]], m
     v = Verification(quant, max_ppl_increase=max_ppl_increase if max_ppl_increase is not None
                      else MAX_PPL_INCREASE.get(quant, DEFAULT_MAX_PPL_INCREASE))
     n_ctx = max(max(len(w) for w in windows), 512)
-    llm = open_llama(path, n_ctx)
+    try:
+        llm = open_llama(path, n_ctx)
+    except ValueError as e:  # llama-cpp-python's "Failed to load model from file"
+        v.failures.append(f"llama.cpp cannot load the file: {e}")
+        return v
     try:
         prompts = _prompts(tokenizer, windows)
         v.tokenizer_mismatches = check_tokenizer(llm, tokenizer, prompts)
