@@ -39,14 +39,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory, tiny_dir, alpaca64) -> Path:
-    """The tiny model after 40 steps of full-parameter SFT: a merged transformers directory whose
-    predictions are peaked enough that greedy decoding is not a coin toss between near-ties."""
+    """The tiny model after 60 steps of full-parameter SFT (a merged transformers directory): its
+    next-token predictions depend on the words before them, so a wrong attention layout shows."""
     root = tmp_path_factory.mktemp("sft")
     cfg = {
         "model": {"path": str(tiny_dir), "dtype": "fp32"},
         "data": {"train": [str(alpaca64)], "format": "alpaca", "max_length": 128},
         "adapter": {"type": "none"},
-        "train": {"precision": "fp32", "max_steps": 40, "lr": 2e-3, "micro_batch_size": 8, "grad_accum_steps": 1,
+        "train": {"precision": "fp32", "max_steps": 60, "lr": 3e-3, "micro_batch_size": 8, "grad_accum_steps": 1,
                   "warmup_steps": 0, "save_every": 0, "progress": False, "seed": 0},
         "output_dir": str(root / "run"),
     }
@@ -56,9 +56,23 @@ def sft_model(tmp_path_factory, tiny_dir, alpaca64) -> Path:
     return root / "run" / "model"
 
 
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory, sft_model) -> Path:
+    """Chats of the SFT task the model never saw (another seed), rendered by its own template."""
+    from conftest import alpaca_rows
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    chats = [[{"role": "user", "content": f"{r['instruction']} {r['input']}".strip()},
+              {"role": "assistant", "content": r["output"]}] for r in alpaca_rows(32, seed=1)]
+    path = tmp_path_factory.mktemp("eval") / "held_out.txt"
+    path.write_text("".join(tok.apply_chat_template(c, tokenize=False) for c in chats), encoding="utf-8")
+    return path
+
+
 @pytest.mark.parametrize("quant", ["F16", "Q8_0", "Q4_K_M"])
-def test_export_verified_in_llama_cpp(sft_model, tmp_path, quant):
-    res = export_gguf(sft_model, tmp_path / f"m.{quant}.gguf", quant=quant)
+def test_export_verified_in_llama_cpp(sft_model, held_out, tmp_path, quant):
+    res = export_gguf(sft_model, tmp_path / f"m.{quant}.gguf", quant=quant, eval_file=held_out)
     v = res.verification
     assert v["passed"], v["failures"]
     assert not v["tokenizer_mismatches"] and not v["template_problem"]
@@ -121,13 +135,13 @@ def test_chat_template_in_the_file_renders_like_the_tokenizer(sft_model, tmp_pat
     llm.close()
 
 
-def test_a_broken_file_fails_verification_and_is_not_written(sft_model, tmp_path, monkeypatch):
+def test_a_broken_file_fails_verification_and_is_not_written(sft_model, held_out, tmp_path, monkeypatch):
     """Leave out the Q/K permutation (the classic converter bug): llama.cpp then computes another
     model, and the export must stop instead of shipping it."""
     monkeypatch.setattr(gguf_write, "permute_qk", lambda w, n_head: w)
     out = tmp_path / "broken.gguf"
     with pytest.raises(VerificationError, match="failed verification in llama.cpp"):
-        export_gguf(sft_model, out, quant="F16")
+        export_gguf(sft_model, out, quant="F16", eval_file=held_out)
     assert not out.exists()
     assert "**FAILED**" in (tmp_path / "broken.report.md").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["broken.report.md"]  # no temp file left behind

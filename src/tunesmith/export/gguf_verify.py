@@ -8,7 +8,8 @@ Four checks, each a reason to fail the export (a broken GGUF is the peers' most 
 3. greedy decode: for F32/F16/BF16/Q8_0 the first `match_tokens` greedy tokens of every prompt are
    identical to transformers' fp32 greedy decode; for lower-bit types the agreement is reported;
 4. perplexity on held-out text, llama.cpp vs transformers: the relative increase must stay under a
-   per-type bound (`MAX_PPL_INCREASE`, overridable), and the top-1 agreement is reported.
+   per-type bound (`MAX_PPL_INCREASE`, overridable); the top-1 next-token agreement is reported,
+   and for F32/F16/BF16/Q8_0 it must reach `MIN_TOP1_AGREEMENT`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ MAX_PPL_INCREASE = {"F32": 0.001, "F16": 0.01, "BF16": 0.02, "Q8_0": 0.02, "Q6_K
                     "Q5_K_M": 0.15, "Q5_K_S": 0.15, "Q5_0": 0.15, "Q5_1": 0.15,
                     "Q4_K_M": 0.30, "Q4_K_S": 0.30, "Q4_0": 0.40, "Q4_1": 0.40}
 DEFAULT_MAX_PPL_INCREASE = 1.0  # Q3_K_*, Q2_K
+# Near-lossless types must also pick the same next token almost everywhere on held-out text.
+MIN_TOP1_AGREEMENT = {"F32": 0.99, "F16": 0.97, "BF16": 0.97, "Q8_0": 0.97}
 
 PROBE_CONVERSATIONS = [
     [{"role": "user", "content": "Where does the fox go?"}],
@@ -181,6 +184,9 @@ def verify(path: Path, model, tokenizer, quant: str, windows: list[list[int]], m
             v.failures.append(f"greedy decode differs from transformers within the first {match_tokens} tokens "
                               f"for {len(short)} of {len(v.greedy)} prompts (first at token {short[0]['same_prefix']})")
         v.ppl_hf, v.ppl_gguf, v.top1_agreement, v.eval_tokens = compare_perplexity(llm, model, windows)
+        if not v.top1_agreement >= (least := MIN_TOP1_AGREEMENT.get(quant, 0.0)):
+            v.failures.append(f"llama.cpp picks the transformers model's next token at only {100 * v.top1_agreement:.1f}% "
+                              f"of {v.eval_tokens} held-out positions (at least {100 * least:.0f}% expected for {quant})")
         if not v.ppl_increase <= v.max_ppl_increase:  # also catches NaN
             v.failures.append(f"perplexity {v.ppl_gguf:.3f} in llama.cpp vs {v.ppl_hf:.3f} in transformers "
                               f"(+{100 * v.ppl_increase:.1f}%, allowed +{100 * v.max_ppl_increase:.1f}% for {quant})")
