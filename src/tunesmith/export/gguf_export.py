@@ -76,7 +76,8 @@ def _check_args(model: Path, out: Path, quant: str, overwrite: bool, verify: boo
 
 def _intermediate_type(model_dir: Path) -> str:
     """The narrowest type that holds the checkpoint's weights exactly: llama.cpp quantizes from it."""
-    dtype = read_hf_config(model_dir).get("torch_dtype") or read_hf_config(model_dir).get("dtype")
+    config = read_hf_config(model_dir)
+    dtype = config.get("torch_dtype") or config.get("dtype")
     return {"bfloat16": "BF16", "float16": "F16"}.get(str(dtype), "F32")
 
 

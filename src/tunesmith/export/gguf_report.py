@@ -5,8 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _decode_hint(ids: list[int]) -> str:
-    return " ".join(str(i) for i in ids[:16])
+def _cell(text: str, limit: int = 60, keep_end: bool = False) -> str:
+    """A table cell: newlines and pipes escaped; long text keeps its start (or its end)."""
+    text = text.replace("\n", "\\n").replace("|", "\\|")
+    if len(text) <= limit:
+        return text
+    return "…" + text[-limit:] if keep_end else text[:limit] + "…"
 
 
 def report_text(result, model_dir: Path) -> str:
@@ -41,15 +45,14 @@ def report_text(result, model_dir: Path) -> str:
         f"allowed +{100 * v['max_ppl_increase']:.1f}%) |",
         f"| top-1 next-token agreement ({v['eval_tokens']} held-out tokens) | {100 * v['top1_agreement']:.1f}% |",
         "",
-        "Greedy decode (token ids), transformers vs llama.cpp:",
+        "Greedy decode, transformers vs llama.cpp (token ids in the .verify.json):",
         "",
         "| prompt | identical prefix | transformers | llama.cpp |",
         "|---|---|---|---|",
     ]
     for g in v["greedy"]:
-        prompt = g["prompt"].replace("\n", "\\n").replace("|", "\\|")[-50:]
-        lines.append(f"| `…{prompt}` | {g['same_prefix']}/{len(g['hf'])} | {_decode_hint(g['hf'])} | "
-                     f"{_decode_hint(g['gguf'])} |")
+        lines.append(f"| `{_cell(g['prompt'], 45, keep_end=True)}` | {g['same_prefix']}/{len(g['hf'])} | `{_cell(g['hf_text'])}` | "
+                     f"`{_cell(g['gguf_text'])}` |")
     if v["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in v["failures"]]
     return "\n".join(lines) + "\n"

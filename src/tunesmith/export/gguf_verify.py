@@ -179,7 +179,8 @@ def verify(path: Path, model, tokenizer, quant: str, windows: list[list[int]], m
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
             hf, cpp = greedy_hf(model, ids, new_tokens), greedy_llama(llm, ids, new_tokens)
             same = next((i for i, (a, b) in enumerate(zip(hf, cpp)) if a != b), len(hf))
-            v.greedy.append({"prompt": text, "hf": hf, "gguf": cpp, "same_prefix": same})
+            v.greedy.append({"prompt": text, "hf": hf, "gguf": cpp, "same_prefix": same,
+                             "hf_text": tokenizer.decode(hf), "gguf_text": tokenizer.decode(cpp)})
         if quant in LOSSLESS_ENOUGH and (short := [g for g in v.greedy if g["same_prefix"] < match_tokens]):
             v.failures.append(f"greedy decode differs from transformers within the first {match_tokens} tokens "
                               f"for {len(short)} of {len(v.greedy)} prompts (first at token {short[0]['same_prefix']})")

@@ -143,6 +143,9 @@ def add_vocab(writer, tokenizer, model_dir: Path, vocab_size: int) -> None:
     """Token list, token types, merges, special ids, add-BOS/EOS and the chat template."""
     import gguf
 
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"{model_dir}: the tokenizer has no tokenizer.json (a slow tokenizer); the GGUF exporter "
+                        "reads the vocabulary, merges and pre-tokenizer from tokenizer.json")
     tok_json = json.loads(tokenizer.backend_tokenizer.to_str())
     pre = pre_tokenizer_name(tok_json, model_dir / "tokenizer.json")
     vocab = tokenizer.get_vocab()
