@@ -8,6 +8,8 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip --disable-pip-version-check -q
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
+# llama-cpp-python (test extra) compiles llama.cpp: portable x86-64 (AVX2, no -march=native), no tests/examples.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
 .PHONY: demo test test-all install bench clean
 

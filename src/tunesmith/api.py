@@ -36,6 +36,20 @@ def inspect_data(config: str | Path, overrides: list[str] | None = None, show: i
     return "\n".join(lines)
 
 
+def export(model: str | Path, out: str | Path, format: str = "gguf", quant: str = "Q4_K_M",
+           eval_file: str | Path | None = None, max_ppl_increase: float | None = None, verify: bool = True,
+           overwrite: bool = False):
+    """Write `model` (a merged transformers directory) as a GGUF file verified in llama.cpp, with an
+    Ollama Modelfile and a report beside it; returns an `ExportResult`."""
+    from .errors import UserError
+    from .export.gguf_export import export_gguf
+
+    if format != "gguf":
+        raise UserError(f"--format {format!r} is not supported; the only export format is gguf")
+    return export_gguf(model, out, quant=quant, overwrite=overwrite, verify=verify, eval_file=eval_file,
+                       max_ppl_increase=max_ppl_increase)
+
+
 def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False) -> dict:
     from .quickstart import run_quickstart
 
@@ -119,4 +133,4 @@ def quantize(model: str | Path, out: str | Path, method: str, bits: int = 4, gro
                           overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare", "eval", "merge", "quantize"]
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare", "eval", "merge", "quantize", "export"]

@@ -97,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=128, help="calibration sequences")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration/evaluation sequence")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p = sub.add_parser("export", help="write a merged model as GGUF (F16 ... Q4_K_M) with its tokenizer and chat template, verified in llama.cpp, plus an Ollama Modelfile")
+    p.add_argument("--model", required=True, help="merged transformers model directory (safetensors + tokenizer)")
+    p.add_argument("--out", required=True, help="the .gguf file to write; <stem>.Modelfile, <stem>.report.md and <stem>.verify.json go beside it")
+    p.add_argument("--format", default="gguf", choices=["gguf"], help="output format")
+    p.add_argument("--quant", default="Q4_K_M", help="F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_K_M | Q5_K_M | Q6_K | Q3_K_M | Q2_K | ...")
+    p.add_argument("--eval-file", default=None, help="held-out UTF-8 text for the perplexity check (default: built-in text)")
+    p.add_argument("--max-ppl-increase", type=float, default=None, help="allowed relative perplexity increase, e.g. 0.1 (default: per type)")
+    p.add_argument("--no-verify", action="store_true", help="skip the llama.cpp verification (not recommended)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
@@ -163,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
                              samples=args.samples, seq_len=args.seq_len, overwrite=args.overwrite)
             print(f"wrote {s['out']} ({s['size_bytes'] / 2**20:.1f} MiB); see report.md")
             print(f"verified: {s['verified']}")
+        elif args.command == "export":
+            result = api.export(args.model, args.out, format=args.format, quant=args.quant, eval_file=args.eval_file,
+                                max_ppl_increase=args.max_ppl_increase, verify=not args.no_verify, overwrite=args.overwrite)
+            print(result.summary())
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
         elif args.command == "eval":

@@ -1,0 +1,58 @@
+"""The `report.md` a person reads after `tunesmith export --format gguf`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _cell(text: str, limit: int = 60, keep_end: bool = False) -> str:
+    """A table cell: newlines and pipes escaped; long text keeps its start (or its end)."""
+    text = text.replace("\n", "\\n").replace("|", "\\|")
+    if len(text) <= limit:
+        return text
+    return "…" + text[-limit:] if keep_end else text[:limit] + "…"
+
+
+def report_text(result, model_dir: Path) -> str:
+    v = result.verification
+    status = "not verified (--no-verify)" if v is None else ("PASSED" if v["passed"] else "FAILED")
+    lines = [
+        f"# GGUF export: {result.gguf.name}",
+        "",
+        f"- source: `{model_dir}`",
+        f"- type: **{result.quant}**, {result.size_bytes:,} bytes ({result.size_bytes / 2**20:.2f} MiB)",
+        "- tensors by stored type: " + ", ".join(f"{k} x{n}" for k, n in sorted(result.tensor_types.items())),
+        f"- Ollama: `ollama create NAME -f {result.modelfile.name}` (in this directory)",
+        f"- llama.cpp: `llama-cli -m {result.gguf.name} -cnv` (chat template, BOS and stop tokens come from the file)",
+        f"- verification in llama.cpp: **{status}**",
+    ]
+    if result.fallbacks:
+        lines += ["", "Tensors kept at a wider type because their rows do not split into whole blocks:", ""]
+        lines += [f"- {f}" for f in result.fallbacks]
+    if v is None:
+        return "\n".join(lines) + "\n"
+    lines += [
+        "",
+        "## Verification",
+        "",
+        "| check | result |",
+        "|---|---|",
+        f"| tokenizer (llama.cpp ids == transformers ids on probe texts) | "
+        f"{'identical' if not v['tokenizer_mismatches'] else str(len(v['tokenizer_mismatches'])) + ' mismatches'} |",
+        f"| chat template carried and rendered identically | {v['template_problem'] or 'identical'} |",
+        f"| perplexity, transformers fp32 | {v['ppl_hf']:.4f} |",
+        f"| perplexity, llama.cpp {result.quant} | {v['ppl_gguf']:.4f} ({100 * v['ppl_increase']:+.2f}%, "
+        f"allowed +{100 * v['max_ppl_increase']:.1f}%) |",
+        f"| top-1 next-token agreement ({v['eval_tokens']} held-out tokens) | {100 * v['top1_agreement']:.1f}% |",
+        "",
+        "Greedy decode, transformers vs llama.cpp (token ids in the .verify.json):",
+        "",
+        "| prompt | identical prefix | transformers | llama.cpp |",
+        "|---|---|---|---|",
+    ]
+    for g in v["greedy"]:
+        lines.append(f"| `{_cell(g['prompt'], 45, keep_end=True)}` | {g['same_prefix']}/{len(g['hf'])} | `{_cell(g['hf_text'])}` | "
+                     f"`{_cell(g['gguf_text'])}` |")
+    if v["failures"]:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in v["failures"]]
+    return "\n".join(lines) + "\n"

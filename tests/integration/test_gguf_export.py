@@ -1,0 +1,173 @@
+"""`tunesmith export --format gguf` end to end, checked by llama.cpp itself (llama-cpp-python).
+
+tiny model -> SFT (full fine-tuning, so the result is a merged transformers directory) -> GGUF F16,
+Q8_0, Q4_K_M -> llama.cpp loads each; F16/Q8_0 greedy tokens equal transformers' token for token,
+Q4_K_M reports agreement and perplexity; the chat template in the file renders like the tokenizer's.
+The verifier itself is shown to fail on a broken file (Q/K permutation left out).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is not installed (pip install 'tunesmith[gguf]'); GGUF checks in llama.cpp skipped")
+import gguf  # noqa: E402
+
+from tunesmith.cli import main as cli_main  # noqa: E402
+from tunesmith.export import gguf_write  # noqa: E402
+from tunesmith.export.gguf_export import VerificationError, export_gguf  # noqa: E402
+from tunesmith.export.gguf_quant import quantize_with_llama_cpp  # noqa: E402
+from tunesmith.train.run import train  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def sft_model(tmp_path_factory, tiny_dir, alpaca64) -> Path:
+    """The tiny model after 60 steps of full-parameter SFT (a merged transformers directory): its
+    next-token predictions depend on the words before them, so a wrong attention layout shows."""
+    root = tmp_path_factory.mktemp("sft")
+    cfg = {
+        "model": {"path": str(tiny_dir), "dtype": "fp32"},
+        "data": {"train": [str(alpaca64)], "format": "alpaca", "max_length": 128},
+        "adapter": {"type": "none"},
+        "train": {"precision": "fp32", "max_steps": 60, "lr": 3e-3, "micro_batch_size": 8, "grad_accum_steps": 1,
+                  "warmup_steps": 0, "save_every": 0, "progress": False, "seed": 0},
+        "output_dir": str(root / "run"),
+    }
+    path = root / "sft.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    train(path, [])
+    return root / "run" / "model"
+
+
+@pytest.fixture(scope="module")
+def held_out(tmp_path_factory, sft_model) -> Path:
+    """Chats of the SFT task the model never saw (another seed), rendered by its own template."""
+    from conftest import alpaca_rows
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    chats = [[{"role": "user", "content": f"{r['instruction']} {r['input']}".strip()},
+              {"role": "assistant", "content": r["output"]}] for r in alpaca_rows(32, seed=1)]
+    path = tmp_path_factory.mktemp("eval") / "held_out.txt"
+    path.write_text("".join(tok.apply_chat_template(c, tokenize=False) for c in chats), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("quant", ["F16", "Q8_0", "Q4_K_M"])
+def test_export_verified_in_llama_cpp(sft_model, held_out, tmp_path, quant):
+    res = export_gguf(sft_model, tmp_path / f"m.{quant}.gguf", quant=quant, eval_file=held_out)
+    v = res.verification
+    assert v["passed"], v["failures"]
+    assert not v["tokenizer_mismatches"] and not v["template_problem"]
+    assert len(v["greedy"]) == 5
+    if quant in ("F16", "Q8_0"):
+        assert all(g["hf"] == g["gguf"] for g in v["greedy"]), v["greedy"]
+        assert v["top1_agreement"] >= 0.97
+    else:
+        assert v["top1_agreement"] >= 0.6 and v["ppl_increase"] < 0.30
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        f"m.{quant}.{s}" for s in ("gguf", "Modelfile", "report.md", "verify.json"))
+    assert "**PASSED**" in res.report.read_text()
+    assert res.size_bytes == (tmp_path / f"m.{quant}.gguf").stat().st_size
+
+
+def test_q4_k_m_has_k_quant_blocks_when_rows_allow(tiny_dir, tmp_path):
+    """The tiny model's 64-wide rows are too short for 256-wide K-quant super-blocks (llama.cpp falls
+    back to Q5_0/Q8_0 for them); a 256-wide model gets real Q4_K/Q6_K tensors, and still verifies."""
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_dir)
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512,
+                                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4,
+                                      max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(tmp_path / "wide")
+    tok.save_pretrained(tmp_path / "wide")
+    res = export_gguf(tmp_path / "wide", tmp_path / "wide.gguf", quant="Q4_K_M")
+    assert res.tensor_types.get("Q4_K", 0) >= 4 and res.tensor_types.get("Q6_K", 0) >= 1, res.tensor_types
+    assert res.verification["passed"]
+
+
+def test_cli_prints_what_it_wrote_and_the_verification(sft_model, tmp_path, capsys):
+    out = tmp_path / "cli.gguf"
+    assert cli_main(["export", "--model", str(sft_model), "--out", str(out), "--quant", "Q8_0"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "verification in llama.cpp: PASSED" in printed
+    # a second run does not clobber without --overwrite: one line, exit 2
+    assert cli_main(["export", "--model", str(sft_model), "--out", str(out), "--quant", "Q8_0"]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_chat_template_in_the_file_renders_like_the_tokenizer(sft_model, tmp_path):
+    """PITFALLS 8, read back by llama.cpp (not by our own reader)."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(sft_model)
+    path = tmp_path / "t.gguf"
+    export_gguf(sft_model, path, quant="F16", verify=False)
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=128, verbose=False)
+    template = llm.metadata["tokenizer.chat_template"]
+    conv = [{"role": "user", "content": "Spell the word cat."}, {"role": "assistant", "content": "c-a-t"},
+            {"role": "user", "content": "And dog?"}]
+    rendered = Jinja2ChatFormatter(template, eos_token=tok.eos_token, bos_token=tok.bos_token)(messages=conv).prompt
+    assert rendered == tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    ids = llm.tokenize(rendered.encode(), add_bos=False, special=True)
+    assert ids == tok.apply_chat_template(conv, tokenize=True, add_generation_prompt=True, return_dict=False)
+    llm.close()
+
+
+def test_a_broken_file_fails_verification_and_is_not_written(sft_model, held_out, tmp_path, monkeypatch):
+    """Leave out the Q/K permutation (the classic converter bug): llama.cpp then computes another
+    model, and the export must stop instead of shipping it."""
+    monkeypatch.setattr(gguf_write, "permute_qk", lambda w, n_head: w)
+    out = tmp_path / "broken.gguf"
+    with pytest.raises(VerificationError, match="failed verification in llama.cpp"):
+        export_gguf(sft_model, out, quant="F16", eval_file=held_out)
+    assert not out.exists()
+    assert "**FAILED**" in (tmp_path / "broken.report.md").read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ["broken.report.md"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "mistral"])
+def test_qwen2_and_mistral_verified(tiny_dir, tmp_path, arch):
+    """Freshly initialised (untrained) models: F32 so that llama.cpp and torch agree to rounding."""
+    from gguf_variants import make_variant
+
+    src = make_variant(tiny_dir, tmp_path / arch, arch)
+    res = export_gguf(src, tmp_path / f"{arch}.gguf", quant="F32")
+    assert res.verification["passed"], res.verification["failures"]
+    assert abs(res.verification["ppl_increase"]) < 1e-3
+
+
+def test_llama_cpp_q4_0_and_q8_0_blocks_equal_gguf_quants(tiny_dir, tok, tmp_path):
+    """PITFALLS 17 against llama.cpp itself: its quantizer's Q4_0 / Q8_0 bytes for a 64x64 matrix are
+    exactly what gguf.quants computes (and what tests/unit/test_gguf_blocks.py builds by hand)."""
+    src = tmp_path / "f32.gguf"
+    gguf_write.write_gguf(tiny_dir, tok, src, "F32", "t")
+    f32 = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(src).tensors}
+    for quant, qtype in (("Q4_0", gguf.GGMLQuantizationType.Q4_0), ("Q8_0", gguf.GGMLQuantizationType.Q8_0)):
+        dst = tmp_path / f"{quant}.gguf"
+        quantize_with_llama_cpp(src, dst, quant)
+        t = next(t for t in gguf.GGUFReader(dst).tensors if t.name == "blk.0.attn_q.weight")
+        assert t.tensor_type == qtype
+        want = gguf.quants.quantize(f32["blk.0.attn_q.weight"], qtype)
+        assert np.array_equal(np.asarray(t.data).reshape(want.shape), want)
