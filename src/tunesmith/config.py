@@ -341,6 +341,9 @@ class RunConfig(_Section):
                 f"`model.quantization: {self.model.quantization}` needs an adapter: quantized weights cannot be "
                 "trained in full; set `adapter.type: lora` (QLoRA) or `model.quantization: none`"
             )
+        if self.train.fsdp and self.adapter.type == "adapter":
+            raise ValueError("`train.fsdp` is not supported with `adapter.type: adapter` (bottleneck adapters are saved "
+                             "from the live modules, not a gathered state dict); use DDP (`train.fsdp: false`)")
         if self.train.fsdp and self.model.quantization != "none":
             raise ValueError("`train.fsdp` cannot shard bitsandbytes-quantized weights; set `train.fsdp: false` "
                              "(QLoRA's frozen 4-bit base is small: DDP replicates it cheaply) or `model.quantization: none`")
@@ -380,6 +383,14 @@ class RunConfig(_Section):
         if self.dpo.max_prompt_length >= self.data.max_length:
             raise ValueError(f"`dpo.max_prompt_length` ({self.dpo.max_prompt_length}) must be < `data.max_length` "
                              f"({self.data.max_length}) to leave room for the response")
+        if self.adapter.is_prompt_learning():
+            raise ValueError(f"`method: {self.method}` does not support `adapter.type: {self.adapter.type}`: the preference "
+                             "and reward forwards read the backbone directly, where virtual tokens never enter; use lora, "
+                             "dora, ia3, adapter or none")
+        if self.method in ("dpo", "kto") and self.adapter.init in ("pissa", "olora") and self.adapter.type in ("lora", "dora"):
+            raise ValueError(f"`adapter.init: {self.adapter.init}` rewrites the base weights into a residual, so the base "
+                             "with the adapter disabled is no longer the reference model; use `adapter.init: default` or "
+                             "`gaussian` for preference training")
         if self.method == "kto" and self.train.micro_batch_size < 2:
             raise ValueError("`method: kto` estimates the KL term from mismatched pairs within a micro-batch, so "
                              "`train.micro_batch_size` must be >= 2 (PITFALLS 10)")

@@ -55,7 +55,8 @@ def _logits_at(model, ids: torch.Tensor, mask: torch.Tensor | None, rows: torch.
 
     parts = CausalLMLoss(model)._fusable()
     if parts is None or getattr(base_causal_lm(model).config, "final_logit_softcapping", None):
-        return model(input_ids=ids, attention_mask=mask).logits[rows, cols]  # (N, V)
+        logits = model(input_ids=ids, attention_mask=mask).logits  # (B, P + T, V): P virtual tokens (prompt tuning)
+        return logits[:, logits.shape[1] - ids.shape[1]:][rows, cols]  # (N, V)
     decoder, head = parts
     hidden = decoder(input_ids=ids, attention_mask=mask).last_hidden_state  # (B, T, H)
     return head(hidden[rows, cols])  # (N, V)
@@ -68,8 +69,9 @@ def split_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], l
     continuation = context[len(stripped):] + continuation
     ctx = tokenizer(stripped, add_special_tokens=False)["input_ids"]
     cont = tokenizer(stripped + continuation, add_special_tokens=False)["input_ids"][len(ctx):]
-    if tokenizer.bos_token_id is not None:
-        ctx = [tokenizer.bos_token_id] + ctx
+    bos = tokenizer.bos_token_id
+    if bos is not None and tokenizer("a")["input_ids"][:1] == [bos]:  # only where the tokenizer itself adds one
+        ctx = [bos] + ctx
     return ctx, cont
 
 

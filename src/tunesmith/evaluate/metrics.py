@@ -134,7 +134,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def choice_accuracy(logprobs: list[float], choices: list[str], gold: int) -> dict[str, float]:
-    """acc: argmax of sum log p(choice); acc_norm: argmax of log p / len(choice in bytes), as lm-eval."""
+    """acc: argmax of sum log p(choice); acc_norm: argmax of log p / len(choice in characters), as lm-eval."""
     acc = float(int(np.argmax(logprobs)) == gold)
-    normed = [lp / max(1, len(c.encode("utf-8"))) for lp, c in zip(logprobs, choices)]
+    normed = [lp / max(1, len(c)) for lp, c in zip(logprobs, choices)]
     return {"acc": acc, "acc_norm": float(int(np.argmax(normed)) == gold)}

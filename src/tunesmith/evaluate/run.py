@@ -103,13 +103,16 @@ def _load(target: Target, dtype: str):
         tokenizer = AutoTokenizer.from_pretrained(target.adapter, trust_remote_code=False)
     else:
         tokenizer = load_tokenizer(target.path)
-    model = load_model(ModelConfig(path=target.path, dtype=dtype))
-    if target.adapter:
-        from peft import PeftModel
+    quant, double_quant = "none", True
+    if target.adapter:  # a QLoRA/int8 adapter is scored on the base it was trained on, quantized the same way
+        from ..merge.adapter import training_quantization
 
-        if not (Path(target.adapter) / "adapter_config.json").is_file():
-            raise UserError(f"--adapter {target.adapter} has no adapter_config.json (expected a PEFT adapter directory)")
-        model = PeftModel.from_pretrained(model, target.adapter).eval()
+        quant, double_quant = training_quantization(Path(target.adapter))
+    model = load_model(ModelConfig(path=target.path, dtype=dtype, quantization=quant, double_quant=double_quant))
+    if target.adapter:
+        from ..adapters import load_adapter
+
+        model = load_adapter(model, target.adapter).eval()  # PEFT adapters and bottleneck adapters alike
     return model, tokenizer
 
 

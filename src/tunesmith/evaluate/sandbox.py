@@ -8,8 +8,12 @@ Layers, each enough against an accident and together a fair bar against a model'
   group so a wall-clock timeout kills every process it started;
 - no network: the child runs in a new network namespace with only a down loopback (`unshare -rn`)
   when the kernel allows it; everywhere (and also inside the namespace) a preamble replaces
-  `socket.socket`, `socket.create_connection` and `socket.getaddrinfo` with functions that raise.
-This is what HumanEval's own `execution.py` does (resource limits + disabled functions), plus the
+  `socket.socket`, `socket.create_connection` and `socket.getaddrinfo` with functions that raise,
+  and hides `_socket`;
+- HumanEval's `reliability_guard`: process, file-removal and permission functions of `os`,
+  `shutil` and `subprocess` are set to None, `ctypes`/`multiprocessing`/`resource` cannot be imported
+  (so no fork to escape the process-group kill, no deleting the user's files by path).
+Together that is HumanEval's own `execution.py` (resource limits + disabled functions) plus the
 namespace. It is not a security boundary against a determined attacker: run untrusted models'
 code in a container as well.
 """
@@ -39,6 +43,22 @@ _s.create_connection = _blocked
 _s.getaddrinfo = _blocked
 _s.socketpair = _blocked
 del _s, _NoSocket
+import sys as _sys
+_sys.modules["_socket"] = None  # `import _socket` would reach the unpatched C module
+# HumanEval's reliability_guard: what generated code has no business calling.
+import builtins as _b, os as _os, shutil as _sh, subprocess as _sp
+for _name in ("kill", "killpg", "system", "putenv", "remove", "removedirs", "rmdir", "fchdir", "setuid", "fork",
+              "forkpty", "rename", "renames", "truncate", "replace", "unlink", "fchmod", "fchown", "chmod", "chown",
+              "chroot", "lchown", "lchflags", "chflags", "execv", "execve", "execvp", "spawnv", "spawnve", "posix_spawn",
+              "posix_spawnp", "setsid", "setpgrp"):
+    if hasattr(_os, _name):
+        setattr(_os, _name, None)
+_sh.rmtree = _sh.move = _sh.chown = None
+_sp.Popen = _sp.run = _sp.call = _sp.check_output = _sp.check_call = None
+_b.exit = _b.quit = None
+for _m in ("ipdb", "joblib", "resource", "psutil", "tkinter", "ctypes", "_ctypes", "multiprocessing"):
+    _sys.modules[_m] = None
+del _b, _os, _sh, _sp, _sys, _name, _m
 '''
 
 

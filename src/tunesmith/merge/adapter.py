@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from ..errors import UserError
+from ..adapters import adapter_type_of, require_mergeable
 from .io import (DTYPES, VerificationError, atomic_dir, check_adapter_dir, check_model_dir, check_out, dir_size,
                  read_json, write_text_atomic)
 from .verify import compare_state_dicts, logits_on_probes, max_logit_diff, probe_ids
@@ -103,6 +104,8 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
     t0 = time.perf_counter()
     base = check_model_dir(base, "--base")
     adapters = [check_adapter_dir(a) for a in (adapter if isinstance(adapter, list) else [adapter])]
+    for a in adapters:  # prefix/prompt/P-tuning/bottleneck adapters are not a change of a weight
+        require_mergeable(adapter_type_of(a))
     weights = list(weights) if weights else [1.0] * len(adapters)
     if len(weights) != len(adapters):
         raise UserError(f"--weights has {len(weights)} values for {len(adapters)} adapters; give one weight per adapter")

@@ -106,10 +106,18 @@ def evaluate_with_metrics(parts: LoopParts, cfg: RunConfig) -> tuple[float, int,
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
     sums: dict = {}
     mb = cfg.train.micro_batch_size
-    for i in range(0, len(mine), mb):
-        batch = _to(_collate_fn(parts.objective)(mine[i : i + mb], parts.pad_id), acc.device)
+    # Every rank runs the same number of forwards: FSDP all-gathers parameters inside each one, so a
+    # rank with one batch fewer would leave the others waiting. The extra batch repeats a row and is
+    # not counted.
+    n_batches = math.ceil(math.ceil(len(parts.eval_rows) / acc.num_processes) / mb)
+    for b in range(n_batches):
+        rows = mine[b * mb : (b + 1) * mb]
+        counted = bool(rows)
+        batch = _to(_collate_fn(parts.objective)(rows or parts.eval_rows[:1], parts.pad_id), acc.device)
         with _autocast(cfg, acc.device):
             loss_sum, metrics = parts.objective.step(model, batch)
+        if not counted:
+            continue
         _add_metrics(sums, metrics)
         total += torch.tensor([loss_sum.item(), parts.objective.loss_units(batch)], dtype=torch.float64, device=acc.device)
     total = acc.reduce(total, reduction="sum")

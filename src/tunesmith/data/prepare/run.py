@@ -70,6 +70,10 @@ def _check_job(data: DataConfig, cfg: PrepareConfig, out: Path, overwrite: bool)
     for path in data.train:
         if Path(path).resolve() == out.resolve() or out.resolve() in Path(path).resolve().parents:
             raise ConfigError(f"the output directory {out} holds the input {path}; choose another `output_dir`")
+    if out.is_dir() and ((out / "checkpoints").exists() or (out / "config.yaml").is_file()):
+        # A training run shares the config's output_dir; --overwrite must never delete one.
+        raise UserError(f"{out} holds a training run (config.yaml / checkpoints/), not prepared data; pass --out DIR "
+                        "(or another output_dir) for the prepared data")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} already exists and is not empty; pass --overwrite to replace it, or choose another --out")
 
