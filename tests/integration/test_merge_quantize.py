@@ -45,7 +45,7 @@ def test_train_merge_answers_like_the_adapter(tmp_path, tiny_dir, alpaca64, quan
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.evaluation import greedy_answers
+    from tunesmith.evaluate.generation import greedy_answers
     from tunesmith.export.quantize import _bnb_config
 
     run = _train(tmp_path, tiny_dir, alpaca64, quantization)

@@ -105,7 +105,7 @@ def test_prefix_with_gradient_checkpointing_is_refused():
 
 
 def test_example_configs_validate():
-    """Every example YAML is a valid config (the PEFT ones included)."""
+    """Every example training YAML is a valid run config (the PEFT ones included)."""
     from pathlib import Path
 
     from tunesmith.config import load_config
@@ -113,4 +113,5 @@ def test_example_configs_validate():
     examples = sorted((Path(__file__).parents[2] / "examples").glob("*.yaml"))
     assert {"sft_prompt_tuning.yaml", "sft_bottleneck.yaml"} <= {p.name for p in examples}
     for path in examples:
-        load_config(path)
+        if path.read_text().startswith("# tunesmith train "):  # merge configs have their own schema (test_merge_*)
+            load_config(path)
