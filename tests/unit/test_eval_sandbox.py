@@ -76,6 +76,12 @@ def test_network_namespace_stops_code_that_bypasses_the_socket_patch(local_serve
     assert out.status == "failed" and ("refused" in out.detail.lower() or "unreachable" in out.detail.lower()), out
 
 
+def test_flood_of_output_is_bounded():
+    """stdout is discarded and stderr is a file capped at 16 MiB: printing 200 MB cannot fill our memory."""
+    out = run_program("import sys\nsys.stderr.write('x' * 200_000_000)\n", timeout_s=20)
+    assert not out.passed
+
+
 def test_memory_is_capped():
     out = run_program("x = bytearray(1024 * 1024 * 1024)\n", timeout_s=20, memory_mb=256)
     assert out.status == "failed" and "MemoryError" in out.detail
