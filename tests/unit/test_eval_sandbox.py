@@ -87,6 +87,12 @@ def test_network_namespace_stops_code_that_bypasses_the_socket_patch(local_serve
     assert out.status == "failed" and ("refused" in out.detail.lower() or "unreachable" in out.detail.lower()), out
 
 
+def test_flood_of_output_is_bounded():
+    """stdout is discarded and stderr is a file capped at 16 MiB: printing 200 MB cannot fill our memory."""
+    out = run_program("import sys\nsys.stderr.write('x' * 200_000_000)\n", timeout_s=20)
+    assert not out.passed
+
+
 def test_memory_is_capped():
     out = run_program("x = bytearray(1024 * 1024 * 1024)\n", timeout_s=20, memory_mb=256)
     assert out.status == "failed" and "MemoryError" in out.detail
@@ -104,3 +110,24 @@ HE = Example("HumanEval/x", "", target="add", code_prompt='def add(a, b):\n    "
 ])
 def test_humaneval_program_assembly(completion, passed):
     assert run_program(humaneval_program(HE, completion, chat=True), timeout_s=20).passed is passed
+
+
+def test_pass_at_k_over_several_samples(monkeypatch):
+    """3 samples per problem, seeds 0, 1, 2; only the seed-1 sample is right: c = 1 of n = 3, so
+    pass@1 = 1/3 and pass@3 = 1 - C(2,3)/C(3,3) = 1; each sample is run in the sandbox."""
+    from tunesmith.evaluate import runner
+    from tunesmith.evaluate.tasks import Task
+
+    seeds = []
+
+    def fake_generate(model, tokenizer, texts, max_new_tokens, **kw):
+        seeds.append((kw["seed"], kw["do_sample"]))
+        return ["    return a + b\n" if kw["seed"] == 1 else "    return a - b\n" for _ in texts]
+
+    monkeypatch.setattr(runner, "generate", fake_generate)
+    task = Task("he", "generate", "pass_at_k", [HE], chat=False)
+    out = runner.run_task(None, None, task, runner.GenOptions(num_samples=3, pass_k=(1, 3), progress=False, timeout_s=20))
+    assert seeds == [(0, True), (1, True), (2, True)]
+    rec = out["records"][0]
+    assert (rec["n"], rec["correct"]) == (3, 1)
+    assert out["scores"] == {"pass@1": pytest.approx(1 / 3), "pass@3": 1.0}

@@ -119,3 +119,14 @@ def test_training_signals_quiet_when_eval_keeps_falling(tmp_path):
     sig = training_signals(tmp_path)
     assert sig["overfitting"] is False and sig["best_eval_step"] == 30 and "best_checkpoint" not in sig
     assert training_signals(tmp_path / "nothing") is None
+
+
+def test_example_task_files_load():
+    """The task YAMLs under examples/eval/ stay valid."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "examples" / "eval"
+    s = load_task("summaries", root / "summaries.yaml")
+    assert (s.metric, len(s.shots), len(s.examples)) == ("rouge_l", 2, 2)
+    j = load_task("extract_json", root / "extract_json.yaml")
+    assert j.metric == "json" and all(e.schema["required"] == ["name", "age"] for e in j.examples)

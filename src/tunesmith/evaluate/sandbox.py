@@ -105,15 +105,20 @@ def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, ne
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "http_proxy": "http://127.0.0.1:9",
                "https_proxy": "http://127.0.0.1:9", "no_proxy": "", "PYTHONHASHSEED": "0"}
         start = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, preexec_fn=_limits(int(timeout_s) + 1, memory_mb))
-        try:
-            out, err = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return Outcome(False, "timeout", f"killed after {timeout_s:g} s wall clock", time.monotonic() - start)
+        # stderr goes to a file (bounded by RLIMIT_FSIZE), not a pipe this process would have to hold.
+        with open(os.path.join(tmp, "stderr.txt"), "wb") as err_file:
+            proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=err_file, preexec_fn=_limits(int(timeout_s) + 1, memory_mb))
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return Outcome(False, "timeout", f"killed after {timeout_s:g} s wall clock", time.monotonic() - start)
         seconds = time.monotonic() - start
+        with open(os.path.join(tmp, "stderr.txt"), "rb") as f:
+            f.seek(max(0, os.path.getsize(f.name) - 4096))
+            err = f.read()
     tail = err.decode("utf-8", "replace").strip().splitlines()[-3:]
     if proc.returncode == 0:
         return Outcome(True, "passed", "", seconds)
