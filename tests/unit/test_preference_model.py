@@ -12,7 +12,7 @@ from tunesmith.data.encode import resolve_chat_template
 from tunesmith.data.preference import PreferencePair
 from tunesmith.data.preference_encode import collate_pairs, encode_pair
 from tunesmith.objectives import get_objective
-from tunesmith.objectives.logps import SequenceLogps, SequenceScores
+from tunesmith.objectives.logps import SequenceLogps, SequenceScores, sequence_logps
 from tunesmith.score import score_ids
 from tunesmith.train.run import build_model
 
@@ -59,7 +59,7 @@ def test_packed_sequence_logps_equal_one_by_one(tiny_dir, tok, chunk):
             p.data.normal_(0, 0.05)  # a non-trivial adapter
     rows = _rows(tok)
     batch = collate_pairs(rows, tok.pad_token_id)
-    sums, counts = SequenceLogps(model, chunk)(batch["input_ids"], batch["position_ids"], batch["labels"], batch["seq_index"], 4)
+    sums, counts = sequence_logps(SequenceLogps(model, chunk), batch)
     sums.sum().backward()
     packed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
@@ -81,7 +81,7 @@ def test_reward_does_not_depend_on_padding(tiny_dir, tok):
     model.eval()
     rows = _rows(tok)
     batch = collate_pairs(rows, tok.pad_token_id)
-    packed = SequenceScores(model)(batch["input_ids"], batch["position_ids"], batch["ends"]).detach()
+    packed = SequenceScores(model)(batch["input_ids"], batch["position_ids"], batch["ends"], batch["attention_mask"]).detach()
     seqs = [p + r for row in rows for p, r in row.sequences()]
     for side, extra in [("right", 0), ("left", 0), ("right", 5), ("left", 5)]:
         torch.testing.assert_close(score_ids(model, seqs, tok.pad_token_id, side, extra), packed, rtol=1e-4, atol=1e-5)
