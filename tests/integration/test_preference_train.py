@@ -153,3 +153,19 @@ def test_dpo_improves_held_out_preference_accuracy(tiny_dir, pref_data, tmp_path
     assert evals[-1]["eval_rewards/margin"] > 0
     losses = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     assert losses[-1] < losses[0]
+
+
+def test_dpo_loss_is_the_same_under_gradient_accumulation(tiny_dir, pref_data, tmp_path):
+    """4 pairs x 1 micro-batch and 2 pairs x 2 accumulated micro-batches see the same pairs per step;
+    the loop divides the summed pair losses by the step's pair count, so losses and weights agree
+    (a loss left unnormalised, or normalised per micro-batch and summed, would double)."""
+    a, b = tmp_path / "mb4", tmp_path / "mb2x2"
+    _run(tiny_dir, pref_data, a, "dpo", "train.max_steps=3")
+    _run(tiny_dir, pref_data, b, "dpo", "train.max_steps=3", "train.micro_batch_size=2", "train.grad_accum_steps=2")
+    la = [r["loss"] for r in read_metrics(a / "metrics.jsonl") if "loss" in r]
+    lb = [r["loss"] for r in read_metrics(b / "metrics.jsonl") if "loss" in r]
+    assert la == pytest.approx(lb, abs=1e-5)
+    wa = load_file(str(a / "adapter/adapter_model.safetensors"))
+    wb = load_file(str(b / "adapter/adapter_model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-6)

@@ -8,7 +8,7 @@ from tunesmith.config import load_config
 from tunesmith.data.encode import IGNORE_INDEX, resolve_chat_template
 from tunesmith.data.preference import KTOExample, PreferencePair
 from tunesmith.data.preference_encode import (EncodedKTO, EncodedPair, collate_kto, collate_pairs, encode_kto,
-                                              encode_pair, pack_sequences, truncate)
+                                              encode_pair, pack_sequences, pack_shared_prompt, truncate)
 from tunesmith.errors import ConfigError, DataError
 
 U = lambda t: {"role": "user", "content": t}  # noqa: E731
@@ -65,11 +65,40 @@ def test_pack_sequences_layout():
     assert b["ends"].tolist() == [2, 6]
 
 
-def test_collate_pairs_orders_chosen_then_rejected():
-    rows = [EncodedPair([1], [2], [3], "a"), EncodedPair([4], [5], [6], "b", ref_chosen=-1.0, ref_rejected=-2.0)]
+def test_collate_pairs_shares_the_prompt():
+    """Pair a: prompt [1, 2], chosen [3], rejected [4, 5]; pair b: prompt [6], chosen [7, 8], rejected [9].
+    One row per pair, padded to 8; rejected positions restart where the prompt ends (a: 2, 3; b: 1);
+    the first token of each response is predicted from the prompt's last row (a: row 1, b: row 8 + 0),
+    later ones from the row before them; rejected never attends to chosen."""
+    rows = [EncodedPair([1, 2], [3], [4, 5], "a"), EncodedPair([6], [7, 8], [9], "b", ref_chosen=-1.0, ref_rejected=-2.0)]
     b = collate_pairs(rows, pad_id=0)
-    assert b["input_ids"][0, :8].tolist() == [1, 2, 1, 3, 4, 5, 4, 6]
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 0, 0, 0, 0]]
+    assert b["position_ids"][0, :5].tolist() == [0, 1, 2, 2, 3] and b["position_ids"][1, :4].tolist() == [0, 1, 2, 1]
+    assert b["src"].tolist() == [1, 1, 3, 8, 9, 8]
+    assert b["tgt"].tolist() == [3, 4, 5, 7, 8, 9]
+    assert b["seq"].tolist() == [0, 1, 1, 2, 2, 3]
+    assert b["ends"].tolist() == [2, 4, 10, 11]
+    m = b["attention_mask"][0, 0]
+    assert m[2].nonzero().flatten().tolist() == [0, 1, 2]  # chosen: prompt + itself
+    assert m[3].nonzero().flatten().tolist() == [0, 1, 3]  # rejected's first token: prompt, not chosen
+    assert m[4].nonzero().flatten().tolist() == [0, 1, 3, 4]
+    assert m[6].nonzero().flatten().tolist() == [6]  # padding sees only itself (no all-masked row)
     assert torch.isnan(b["ref_logps"][:2]).all() and b["ref_logps"][2:].tolist() == [-1.0, -2.0]
+
+
+def test_short_pairs_share_a_row():
+    """Pair lengths 6, 3, 3, capacity 6 (the longest): first-fit decreasing puts pair a alone in
+    row 0 and pairs b and c together in row 1 (c at offset 3, flat 8 + 3 = 11); positions restart
+    per pair, and c attends only to itself."""
+    b = pack_shared_prompt([([1, 2], [3, 4], [5, 6]), ([7], [8], [9]), ([10], [11], [12])], pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 0, 0], [7, 8, 9, 10, 11, 12, 0, 0]]
+    assert b["position_ids"][1, :6].tolist() == [0, 1, 1, 0, 1, 1]
+    assert b["src"].tolist() == [1, 2, 1, 4, 8, 8, 11, 11]
+    assert b["tgt"].tolist() == [3, 4, 5, 6, 8, 9, 11, 12]
+    assert b["seq"].tolist() == [0, 0, 1, 1, 2, 3, 4, 5]
+    assert b["ends"].tolist() == [3, 5, 9, 10, 12, 13]
+    m = b["attention_mask"][1, 0]
+    assert m[3].nonzero().flatten().tolist() == [3] and m[5].nonzero().flatten().tolist() == [3, 5]
 
 
 def test_kto_collate_builds_mismatched_pairs():

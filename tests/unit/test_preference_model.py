@@ -12,14 +12,16 @@ from tunesmith.data.encode import resolve_chat_template
 from tunesmith.data.preference import PreferencePair
 from tunesmith.data.preference_encode import collate_pairs, encode_pair
 from tunesmith.objectives import get_objective
-from tunesmith.objectives.logps import SequenceLogps, SequenceScores
+from tunesmith.objectives.logps import SequenceLogps, SequenceScores, sequence_logps
 from tunesmith.score import score_ids
 from tunesmith.train.run import build_model
 
 U = lambda t: {"role": "user", "content": t}  # noqa: E731
 A = lambda t: {"role": "assistant", "content": t}  # noqa: E731
 PAIRS = [PreferencePair([U("Add 2 and 3.")], [A("2 plus 3 is 5.")], [A("It is 7, I think.")], "t:1"),
-         PreferencePair([U("Spell cat.")], [A("c-a-t")], [A("k-a-t-t")], "t:2")]
+         PreferencePair([U("Spell cat.")], [A("c-a-t")], [A("k-a-t-t")], "t:2"),
+         # Two short pairs that first-fit packs into one row: blocks must not see each other.
+         PreferencePair([U("Hi")], [A("yes")], [A("no")], "t:3"), PreferencePair([U("Go")], [A("ok")], [A("never")], "t:4")]
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +61,8 @@ def test_packed_sequence_logps_equal_one_by_one(tiny_dir, tok, chunk):
             p.data.normal_(0, 0.05)  # a non-trivial adapter
     rows = _rows(tok)
     batch = collate_pairs(rows, tok.pad_token_id)
-    sums, counts = SequenceLogps(model, chunk)(batch["input_ids"], batch["position_ids"], batch["labels"], batch["seq_index"], 4)
+    assert batch["input_ids"].shape[0] < len(rows)  # some pairs share a row
+    sums, counts = sequence_logps(SequenceLogps(model, chunk), batch)
     sums.sum().backward()
     packed_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
     model.zero_grad()
@@ -81,11 +84,11 @@ def test_reward_does_not_depend_on_padding(tiny_dir, tok):
     model.eval()
     rows = _rows(tok)
     batch = collate_pairs(rows, tok.pad_token_id)
-    packed = SequenceScores(model)(batch["input_ids"], batch["position_ids"], batch["ends"]).detach()
+    packed = SequenceScores(model)(batch["input_ids"], batch["position_ids"], batch["ends"], batch["attention_mask"]).detach()
     seqs = [p + r for row in rows for p, r in row.sequences()]
     for side, extra in [("right", 0), ("left", 0), ("right", 5), ("left", 5)]:
         torch.testing.assert_close(score_ids(model, seqs, tok.pad_token_id, side, extra), packed, rtol=1e-4, atol=1e-5)
-    assert packed.unique().numel() == 4  # four different sequences, four different scores
+    assert packed.unique().numel() == len(seqs)  # different sequences, different scores
 
 
 def test_dpo_with_lora_starts_at_ln2_without_a_model_copy(tiny_dir, tok):
@@ -101,14 +104,14 @@ def test_dpo_with_lora_starts_at_ln2_without_a_model_copy(tiny_dir, tok):
     batch = collate_pairs(rows, tok.pad_token_id)
     loss_sum, metrics = objective.step(wrapper, batch)
     assert loss_sum.item() / objective.loss_units(batch) == pytest.approx(math.log(2), abs=1e-6)
-    assert metrics["rewards/margin"] == (0.0, 2) and metrics["rewards/accuracy"] == (0.0, 2)
+    assert metrics["rewards/margin"] == (0.0, 4) and metrics["rewards/accuracy"] == (0.0, 4)
     # Move the adapter: the policy changes, the reference (the base) does not.
     ref_before = objective.reference.logps(wrapper, batch)
     for n, p in model.named_parameters():
         if "lora_B" in n:
             p.data.normal_(0, 0.05)
     torch.testing.assert_close(objective.reference.logps(wrapper, batch), ref_before)
-    assert objective.step(wrapper, batch)[0].item() / 2 != pytest.approx(math.log(2), abs=1e-4)
+    assert objective.step(wrapper, batch)[0].item() / 4 != pytest.approx(math.log(2), abs=1e-4)
 
 
 def test_full_finetuning_reference_is_a_frozen_copy(tiny_dir, tok):

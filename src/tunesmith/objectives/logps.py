@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from ..train.forward import base_causal_lm
-from ..train.losses import IGNORE_INDEX
 
 
 def fused_linear_token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
@@ -100,44 +99,52 @@ def segment_sums(token_logps: Tensor, seq_index: Tensor, n_seqs: int) -> tuple[T
 
 
 class SequenceLogps(nn.Module):
-    """Packed rows -> (sum of response-token log-probs, response-token count) per sequence."""
+    """A packed batch -> (sum of response-token log-probs, response-token count) per sequence.
+
+    The batch says which hidden row predicts which token (`src` flat row index, `tgt` token id,
+    `seq` sequence id; see data/preference_encode.py), so the layout (padding-free rows, shared
+    prompts with a 4D mask) is the collator's business."""
 
     def __init__(self, model: nn.Module, chunk_size: int = 1024):
         super().__init__()
         self.model = model
         self.chunk_size = chunk_size
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, labels: Tensor, seq_index: Tensor, n_seqs: int) -> tuple[Tensor, Tensor]:
-        targets = labels[:, 1:].flatten()  # position t predicts token t+1
-        keep = targets != IGNORE_INDEX
-        seq = seq_index[:, 1:].flatten()[keep]
+    def forward(self, input_ids: Tensor, position_ids: Tensor, src: Tensor, tgt: Tensor, seq: Tensor, n_seqs: int,
+                attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         base = base_causal_lm(self.model)
         head = base.get_output_embeddings()
+        kw = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
         if self.chunk_size > 0 and type(head) is nn.Linear and not getattr(base.config, "final_logit_softcapping", None):
-            hidden = base.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
-            hidden = hidden[:, :-1].flatten(0, 1)[keep]  # (N, H): only labelled positions meet the vocabulary
-            token_logps = fused_linear_token_logps(hidden, head.weight, targets[keep], head.bias, self.chunk_size)
+            hidden = base.get_decoder()(**kw).last_hidden_state.flatten(0, 1).index_select(0, src)  # (N, H)
+            token_logps = fused_linear_token_logps(hidden, head.weight, tgt, head.bias, self.chunk_size)
         else:  # a LoRA-wrapped / trained-in-full-copy head, or softcapped logits: the plain path
-            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[:, :-1]
-            logits = logits.flatten(0, 1)[keep].float()
-            token_logps = logits.log_softmax(-1).gather(1, targets[keep][:, None]).squeeze(1)
+            logits = self.model(**kw).logits.flatten(0, 1).index_select(0, src).float()  # (N, V)
+            token_logps = logits.log_softmax(-1).gather(1, tgt[:, None]).squeeze(1)
         return segment_sums(token_logps, seq, n_seqs)
+
+
+def sequence_logps(module, batch: dict) -> tuple[Tensor, Tensor]:
+    """Call a SequenceLogps (or its DDP wrapper) on a collated batch."""
+    return module(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], batch["seq"], len(batch["ends"]),
+                  batch.get("attention_mask"))
 
 
 class SequenceScores(nn.Module):
     """Reward model: the scalar head read at each sequence's last token.
 
-    Rows are packed (attention cannot cross sequences, see data/packing.py), so the last token of a
-    sequence is known from the layout (`ends`, flat indices), never guessed from pad ids: the
+    The collator knows where each sequence ends (`ends`, flat indices into the (B, T) rows), so the
+    last token is never guessed from pad ids: the
     score does not depend on padding side or amount (PITFALLS 11, transformers #35352)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, ends: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, position_ids: Tensor, ends: Tensor, attention_mask: Tensor | None = None) -> Tensor:
         base = base_causal_lm(self.model)
         backbone = getattr(base, base.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)
+        hidden = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                          use_cache=False).last_hidden_state  # (B, T, H)
         picked = hidden.flatten(0, 1).index_select(0, ends)  # (S, H)
         return base.score(picked).squeeze(-1).float()  # (S,)

@@ -19,7 +19,7 @@ import torch
 
 from ..data.preference_encode import collate_kto, collate_pairs
 from ..data.preference_pipeline import prepare_preference_data
-from .logps import SequenceLogps, SequenceScores
+from .logps import SequenceLogps, SequenceScores, sequence_logps
 from .preference_report import report_sections
 from .preference_losses import PAIR_LOSSES, bradley_terry_loss, kto_loss
 from .reference import Reference, precompute
@@ -76,7 +76,7 @@ class RewardObjective(_Paired):
         return SequenceScores(model)
 
     def step(self, model, batch: dict):
-        scores = model(batch["input_ids"], batch["position_ids"], batch["ends"])  # (2B,)
+        scores = model(batch["input_ids"], batch["position_ids"], batch["ends"], batch.get("attention_mask"))  # (2B,)
         chosen, rejected = scores[0::2], scores[1::2]
         losses = bradley_terry_loss(chosen, rejected)
         n = len(losses)
@@ -110,7 +110,7 @@ class DPOObjective(_Paired):
         return self.reference.logps(model, batch)
 
     def step(self, model, batch: dict):
-        sums, counts = model(batch["input_ids"], batch["position_ids"], batch["labels"], batch["seq_index"], len(batch["ends"]))
+        sums, counts = sequence_logps(model, batch)
         lp = LogpBatch(sums[0::2], sums[1::2], sums[0::2] / counts[0::2], sums[1::2] / counts[1::2])
         if self.needs_ref:
             ref = self._ref(model, batch).to(sums.dtype)
@@ -136,7 +136,7 @@ class KTOObjective(_Paired):
 
     def step(self, model, batch: dict):
         n = len(batch["kto_labels"])
-        sums, _ = model(batch["input_ids"], batch["position_ids"], batch["labels"], batch["seq_index"], len(batch["ends"]))
+        sums, _ = sequence_logps(model, batch)
         ref = self.reference.logps(model, batch).to(sums.dtype)
         kl = (sums[n:].detach() - ref[n:]).mean()
         labels = batch["kto_labels"]

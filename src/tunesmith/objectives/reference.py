@@ -23,6 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .logps import sequence_logps
+
 
 def inner(model):
     """The wrapper module under DDP / accelerate."""
@@ -51,14 +53,13 @@ class Reference:
 
     @torch.no_grad()
     def logps(self, wrapper, batch: dict) -> torch.Tensor:
-        args = (batch["input_ids"], batch["position_ids"], batch["labels"], batch["seq_index"], len(batch["ends"]))
         if self.frozen is not None:
-            return self.frozen(*args)[0]
+            return sequence_logps(self.frozen, batch)[0]
         ctx = adapter_disabled(wrapper)
         if ctx is None:
             raise RuntimeError("no reference: full fine-tuning needs a frozen copy or precomputed reference log-probs")
         with ctx:
-            return inner(wrapper)(*args)[0]
+            return sequence_logps(inner(wrapper), batch)[0]
 
 
 def cache_key(cfg, rows: dict[str, list]) -> str:
@@ -104,8 +105,7 @@ def precompute(wrapper, rows: dict[str, list], collate, pad_id: int, micro_batch
                 batch = {k: v.to(device) for k, v in collate(items[i : i + micro_batch], pad_id).items()}
                 with torch.no_grad(), adapter_disabled(wrapper) or contextlib.nullcontext():
                     # Before the first step the model itself is the reference (full fine-tuning).
-                    lp = inner(wrapper)(batch["input_ids"], batch["position_ids"], batch["labels"], batch["seq_index"],
-                                        len(batch["ends"]))[0].float().cpu()
+                    lp = sequence_logps(inner(wrapper), batch)[0].float().cpu()
                 vals.append(lp.view(-1, 2))
                 bar.update(len(items[i : i + micro_batch]))
             out[split] = torch.cat(vals) if vals else torch.zeros(0, 2)

@@ -43,7 +43,7 @@ def preference_accuracy(model_dir: Path, adapter_dir: Path | None, pairs: list[d
     from ..data.preference_encode import collate_pairs, encode_pair
     from ..data.readers import Row
     from ..models.loading import load_tokenizer
-    from ..objectives.logps import SequenceLogps
+    from ..objectives.logps import SequenceLogps, sequence_logps
 
     tok = load_tokenizer(str(model_dir))
     resolve_chat_template(tok, "auto")
@@ -57,7 +57,7 @@ def preference_accuracy(model_dir: Path, adapter_dir: Path | None, pairs: list[d
     margins = []
     for i in range(0, len(rows), 16):
         b = collate_pairs(rows[i : i + 16], tok.pad_token_id)
-        sums, _ = wrapper(b["input_ids"], b["position_ids"], b["labels"], b["seq_index"], len(b["ends"]))
+        sums, _ = sequence_logps(wrapper, b)
         margins += (sums[0::2] - sums[1::2]).tolist()
     return {"accuracy": sum(m > 0 for m in margins) / len(margins), "mean_margin": sum(margins) / len(margins)}
 
