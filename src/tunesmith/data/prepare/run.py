@@ -68,6 +68,7 @@ def _check_job(data: DataConfig, cfg: PrepareConfig, out: Path, overwrite: bool)
     if cfg.weights and len(cfg.weights) != len(data.train):
         raise ConfigError(f"`prepare.weights` has {len(cfg.weights)} weights for {len(data.train)} `data.train` files; give one per file")
     for path in data.train:
+        read_rows(path)  # checks that it exists and is a kind we read; reads nothing yet
         if Path(path).resolve() == out.resolve() or out.resolve() in Path(path).resolve().parents:
             raise ConfigError(f"the output directory {out} holds the input {path}; choose another `output_dir`")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -78,8 +79,9 @@ def _read_source(s: int, path: str, data: DataConfig, cfg: PrepareConfig, read: 
     """Stream one input file through `sink` in chunks; returns the format it was read as."""
     fmt = None
     chunk: list[Record] = []
+    rows = read_rows(path)  # a missing or unreadable file fails here, before the bar is drawn
     bar = tqdm(desc=f"prepare {Path(path).name}", unit=" rows", disable=not cfg.progress, mininterval=1.0)
-    for row in read_rows(path):
+    for row in rows:
         read.rows_in += 1
         bar.update()
         if fmt is None:
