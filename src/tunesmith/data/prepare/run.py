@@ -104,7 +104,7 @@ def _read_source(s: int, path: str, data: DataConfig, cfg: PrepareConfig, read: 
     return fmt
 
 
-def _write_split(tmp: Path, name: str, spools: list[Path], picks: list[list[int]], sources: list[str], stats: TokenStats | None, kinds: list[str]) -> int:
+def _write_split(tmp: Path, name: str, spools: list[Path], picks: list[list[int]], stats: TokenStats | None, kinds: list[str]) -> int:
     """Copy the picked spooled rows to <name>.jsonl, then to Arrow in <name>/; rows written."""
     path, n = tmp / f"{name}.jsonl", 0
     with open(path, "w", encoding="utf-8") as out:
@@ -196,8 +196,8 @@ def _prepare_into(tmp: Path, data: DataConfig, cfg: PrepareConfig, steps: list, 
     if cfg.weights:
         train_idx = mix_indices(train_idx, cfg.weights, cfg.seed)
     stats = TokenStats(counter)
-    n_train = _write_split(tmp, "train", spools, train_idx, data.train, stats, kinds)
-    n_eval = _write_split(tmp, "eval", spools, eval_idx, data.train, None, kinds)
+    n_train = _write_split(tmp, "train", spools, train_idx, stats, kinds)
+    n_eval = _write_split(tmp, "eval", spools, eval_idx, None, kinds)
     if not n_train:
         raise DataError("no row is left for training after the steps; see the counts: " + "; ".join(
             f"{r.name}: {dict(r.dropped)}" for r in [read, *(st.report for st in steps)] if r.dropped))
