@@ -136,13 +136,18 @@ def _to_arrow(jsonl: Path, dest: Path) -> None:
             for line in f:
                 yield json.loads(line)
 
+    bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # our own bar is the one a person reads
     fingerprint = file_sha256(str(jsonl))[:16]  # content-derived, so reruns write identical state.json
     cache = jsonl.parent / ".cache"
-    ds = datasets.Dataset.from_generator(rows, gen_kwargs={"p": str(jsonl)}, cache_dir=str(cache), fingerprint=fingerprint)
-    ds.save_to_disk(str(dest))
-    del ds
-    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        ds = datasets.Dataset.from_generator(rows, gen_kwargs={"p": str(jsonl)}, cache_dir=str(cache), fingerprint=fingerprint)
+        ds.save_to_disk(str(dest))
+        del ds
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def run_prepare(data: DataConfig, cfg: PrepareConfig, out: str | Path, tokenizer=None,
