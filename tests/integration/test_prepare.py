@@ -85,6 +85,7 @@ def test_every_problem_counted_with_reason(problem_file, bench_file, tmp_path):
     assert f"{problem_file}:6" in steps["near dedup"]["examples"]["near duplicate"][0]
     assert steps["PII"]["counts"] == {"email found": 1, "phone found": 1, "rows with PII": 1}
     assert steps["contamination"]["dropped"] == {"contaminated": 1}
+    assert [(r["row"], r["benchmark"]) for r in m["contaminated_rows"]] == [(f"{problem_file}:21", f"{bench_file}:1")]
     assert m["splits"] == {"train": 17, "eval": 0}  # 16 good + the redacted one
     # the input is untouched and its hash is in the manifest
     assert sha(problem_file) == before == m["inputs"][0]["sha256"]
