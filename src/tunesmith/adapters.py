@@ -19,10 +19,10 @@ MLP_NAMES = ("gate_proj", "up_proj", "down_proj", "gate_up_proj", "fc1", "fc2", 
 
 def linear_module_names(model) -> set[str]:
     """Leaf names of every linear layer below the LM head (4/8-bit bitsandbytes layers included)."""
-    head = model.get_output_embeddings()
+    heads = (model.get_output_embeddings(), getattr(model, "score", None))  # LM head; a reward model's scalar head
     names = set()
     for full, mod in model.named_modules():
-        if mod is head:
+        if any(mod is h for h in heads if h is not None):
             continue
         if isinstance(mod, torch.nn.Linear) or mod.__class__.__name__ in ("Linear4bit", "Linear8bitLt"):
             names.add(full.rsplit(".", 1)[-1])
@@ -48,7 +48,7 @@ def resolve_target_modules(model, target: str | list[str]) -> list[str]:
     return chosen
 
 
-def lora_config(cfg: AdapterConfig, model):
+def lora_config(cfg: AdapterConfig, model, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig
 
     return LoraConfig(
@@ -58,17 +58,18 @@ def lora_config(cfg: AdapterConfig, model):
         target_modules=resolve_target_modules(model, cfg.target_modules),
         modules_to_save=cfg.modules_to_save or None,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
 
 
 PEFT_BUILDERS = {"lora": lora_config}
 
 
-def apply_adapter(model, cfg: AdapterConfig):
-    """Wrap `model` with the configured adapter (or return it unchanged for full fine-tuning)."""
+def apply_adapter(model, cfg: AdapterConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with the configured adapter (or return it unchanged for full fine-tuning).
+    task_type SEQ_CLS (reward models) makes PEFT train and save the new `score` head in full."""
     if cfg.type == "none":
         return model
     from peft import get_peft_model
 
-    return get_peft_model(model, PEFT_BUILDERS[cfg.type](cfg, model))
+    return get_peft_model(model, PEFT_BUILDERS[cfg.type](cfg, model, task_type=task_type))

@@ -65,4 +65,11 @@ def prepare(
     return job.run(overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart", "prepare"]
+def score(model: str | Path, data: str | Path, out: str | Path | None = None, overwrite: bool = False, batch_size: int = 8) -> dict:
+    """Score prompt/response rows (or chosen/rejected pairs, with pairwise accuracy) with a reward model."""
+    from .score import score as _score
+
+    return _score(model, data, out=out, overwrite=overwrite, batch_size=batch_size)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare"]

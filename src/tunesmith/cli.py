@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--show", type=int, default=2, help="examples to print with their label mask")
 
-    p = sub.add_parser("train", help="train (sft, pretrain) with full fine-tuning, LoRA or QLoRA")
+    p = sub.add_parser("train", help="train (sft, pretrain, reward, dpo, kto) with full fine-tuning, LoRA or QLoRA")
     _add_run_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
@@ -48,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer for token counts (default: model.path)")
     p.add_argument("--jsonl", action="store_true", help="also write train.jsonl / eval.jsonl")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+
+    p = sub.add_parser("score", help="score prompt/response pairs (or chosen/rejected pairs) with a trained reward model")
+    p.add_argument("model", help="a reward run directory, or its adapter/ or model/")
+    p.add_argument("data", help="JSONL/JSON/CSV rows {prompt, response} or {prompt, chosen, rejected}")
+    p.add_argument("--out", default=None, help="write one JSON line per row here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--batch-size", type=int, default=8)
 
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
@@ -86,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
             m = api.prepare(args.config, args.overrides, input=args.input, format=args.format, out=args.out, benchmarks=args.benchmark,
                             tokenizer=args.tokenizer, jsonl=args.jsonl, overwrite=args.overwrite)
             print(f"prepared {m['splits']['train']} train / {m['splits']['eval']} eval rows into {m['output_dir']}; see {m['output_dir']}/prepare_report.md")
+        elif args.command == "score":
+            result = api.score(args.model, args.data, out=args.out, overwrite=args.overwrite, batch_size=args.batch_size)
+            acc = f"; pairwise accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
+            print(f"scored {result['rows']} rows{acc}" + (f"; scores in {args.out}" if args.out else ""))
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
     except UserError as e:

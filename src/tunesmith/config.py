@@ -97,8 +97,12 @@ class TrainConfig(_Section):
         "auto", description="Compute precision (autocast). auto: bf16 on a GPU that supports it, else fp32."
     )
     gradient_checkpointing: bool = False
+    fsdp: bool = Field(
+        False, description="Under torchrun/accelerate with several processes: shard parameters, gradients and optimizer "
+        "state with PyTorch FSDP2 (one group per decoder layer) instead of replicating them (DDP). Works on the CPU (gloo) too.")
     loss_chunk_size: int = Field(
-        2048, ge=0, description="Tokens per chunk of the fused lm_head + cross-entropy (the (B,T,V) logits never exist at once); 0 = plain loss."
+        2048, ge=0, description="Most tokens per chunk of the fused lm_head + cross-entropy (the (B,T,V) logits never exist at once); "
+        "chunks are also capped at 2^26 logits (256 MiB fp32), so large vocabularies get fewer rows; 0 = plain loss."
     )
     save_every: int = Field(500, ge=0, description="Checkpoint every N optimizer steps (0 = only the final result).")
     keep_checkpoints: int = Field(2, ge=0, description="Keep the newest N checkpoints (0 = keep all).")
@@ -186,12 +190,30 @@ class PrepareConfig(_Section):
         return v
 
 
+class PreferenceConfig(_Section):
+    """`method: reward | dpo | kto` settings (the section is named `dpo`)."""
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "cpo", "orpo"] = Field(
+        "sigmoid", description="method: dpo only. sigmoid = DPO; ipo; hinge (SLiC); simpo, cpo, orpo need no reference model.")
+    beta: float = Field(0.1, gt=0, description="Strength of the KL constraint (DPO/IPO/hinge/KTO), SimPO/CPO reward scale, ORPO lambda.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="sigmoid only: assumed label noise (cDPO).")
+    simpo_gamma: float = Field(0.5, ge=0.0, description="SimPO target reward margin (gamma).")
+    cpo_alpha: float = Field(1.0, ge=0.0, description="CPO weight of the NLL term on the chosen response.")
+    max_prompt_length: int = Field(512, gt=0, description="The prompt keeps its last N tokens; must be < data.max_length.")
+    precompute_ref: bool = Field(
+        False, description="Compute the reference log-probs once before training and cache them on disk; otherwise the "
+        "reference runs each step (LoRA: the base with the adapter disabled; full: a frozen copy).")
+    ref_cache_dir: str = Field("", description="Where precomputed reference log-probs are cached; '' = ~/.cache/tunesmith/ref-logps.")
+    desirable_weight: float = Field(1.0, gt=0, description="KTO: weight of desirable (label true) examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable (label false) examples.")
+
+
 class RunConfig(_Section):
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
-    method: Literal["sft", "pretrain"] = Field("sft", description="Training objective.")
+    method: Literal["sft", "pretrain", "reward", "dpo", "kto"] = Field("sft", description="Training objective.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: PreferenceConfig = Field(default_factory=PreferenceConfig, description="reward / dpo / kto settings.")
     output_dir: str = Field("runs/run", description="The run directory (refused when non-empty unless --overwrite or --resume).")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="`tunesmith prepare`: filters, dedup, PII, contamination, split and mix.")
 
@@ -202,8 +224,28 @@ class RunConfig(_Section):
                 f"`model.quantization: {self.model.quantization}` needs an adapter: quantized weights cannot be "
                 "trained in full; set `adapter.type: lora` (QLoRA) or `model.quantization: none`"
             )
+        if self.train.fsdp and self.model.quantization != "none":
+            raise ValueError("`train.fsdp` cannot shard bitsandbytes-quantized weights; set `train.fsdp: false` "
+                             "(QLoRA's frozen 4-bit base is small: DDP replicates it cheaply) or `model.quantization: none`")
         if self.method == "pretrain" and self.data.format not in ("auto", "text"):
             raise ValueError("`method: pretrain` trains on raw text; set `data.format: text` (or auto)")
+        return self
+
+    @model_validator(mode="after")
+    def _preference_consistent(self) -> RunConfig:
+        if self.method not in ("reward", "dpo", "kto"):
+            return self
+        if self.data.format != "auto":
+            raise ValueError(f"`method: {self.method}` reads preference rows (prompt/chosen/rejected, HH transcripts or "
+                             "prompt/completion/label); set `data.format: auto` and map fields with `data.columns`")
+        if self.dpo.max_prompt_length >= self.data.max_length:
+            raise ValueError(f"`dpo.max_prompt_length` ({self.dpo.max_prompt_length}) must be < `data.max_length` "
+                             f"({self.data.max_length}) to leave room for the response")
+        if self.method == "kto" and self.train.micro_batch_size < 2:
+            raise ValueError("`method: kto` estimates the KL term from mismatched pairs within a micro-batch, so "
+                             "`train.micro_batch_size` must be >= 2 (PITFALLS 10)")
+        if self.method == "kto" and self.dpo.precompute_ref:
+            raise ValueError("`dpo.precompute_ref` is not available for `method: kto` (its KL pairs change every batch); set it to false")
         return self
 
     def dump(self) -> str:
