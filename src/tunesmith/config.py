@@ -255,6 +255,7 @@ class PrepareContaminationConfig(_Section):
     ngram: int = Field(13, ge=4, description="Words per n-gram; a training row sharing one n-gram with a benchmark item is contaminated (GPT-3, sec. 4 / app. C).")
     min_item_words: int = Field(8, ge=1, description="Benchmark items shorter than `ngram` words are matched as a whole when they have at least this many words.")
     action: Literal["drop", "flag"] = Field("drop", description="drop contaminated rows, or keep them with the benchmark item in a `_contamination` column.")
+    min_overlap: float = Field(0.0, ge=0.0, le=1.0, description="0: one shared n-gram makes a row contaminated (GPT-3). Above 0: the row must hold at least this share of one item's n-grams.")
 
 
 class PrepareConfig(_Section):

@@ -85,6 +85,7 @@ def test_every_problem_counted_with_reason(problem_file, bench_file, tmp_path):
     assert f"{problem_file}:6" in steps["near dedup"]["examples"]["near duplicate"][0]
     assert steps["PII"]["counts"] == {"email found": 1, "phone found": 1, "rows with PII": 1}
     assert steps["contamination"]["dropped"] == {"contaminated": 1}
+    assert [(r["row"], r["benchmark"]) for r in m["contaminated_rows"]] == [(f"{problem_file}:21", f"{bench_file}:1")]
     assert m["splits"] == {"train": 17, "eval": 0}  # 16 good + the redacted one
     # the input is untouched and its hash is in the manifest
     assert sha(problem_file) == before == m["inputs"][0]["sha256"]
@@ -196,3 +197,21 @@ def test_train_accepts_the_prepared_directory(problem_file, bench_file, tmp_path
     summary = train(path)
     assert (tmp_path / "run" / "adapter").is_dir()
     assert summary is not None
+
+
+def test_dpo_trains_on_a_prepared_preference_directory(tmp_path, tiny_dir):
+    """HH transcripts -> prepare -> canonical {prompt, chosen, rejected} messages -> `method: dpo` reads them."""
+    from tunesmith.train.run import train
+
+    rows = [{"chosen": f"\n\nHuman: Say word {i}.\n\nAssistant: {story(i, 6)}", "rejected": f"\n\nHuman: Say word {i}.\n\nAssistant: {story(i + 99, 6)}"}
+            for i in range(8)]
+    src = tmp_path / "hh.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prepare(None, ["prepare.progress=false"], input=[str(src)], out=tmp_path / "prep")
+    ov = [f"model.path={tiny_dir}", f"data.train={tmp_path / 'prep'}", "method=dpo", "data.max_length=64", "dpo.max_prompt_length=32",
+          "train.micro_batch_size=4", "train.precision=fp32", "train.progress=false", "train.max_steps=2", "train.save_every=0",
+          "adapter.dropout=0", f"output_dir={tmp_path / 'run'}", f"dpo.ref_cache_dir={tmp_path / 'cache'}"]
+    train(None, ov)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = next(m for m in metrics if "loss" in m)
+    assert abs(first["loss"] - 0.693147) < 1e-3  # DPO at step 0 with the adapter's reference = the policy: ln 2

@@ -113,3 +113,16 @@ def test_contamination_flag_keeps_rows_with_column(tmp_path):
     check = ContaminationCheck(PrepareContaminationConfig(benchmarks=[str(bench)], action="flag"))
     kept = check([text_row("one two three four five six seven eight nine ten eleven twelve thirteen fourteen", 1), text_row("other", 2)])
     assert [r.data["_contamination"] for r in kept] == [f"{bench}:1", ""]
+
+
+def test_contamination_min_overlap_separates_a_formula_from_a_copy():
+    """Item: 20 words -> 8 distinct 13-grams. A row sharing one 13-gram holds 1/8 = 12.5% of them:
+    contaminated at min_overlap 0 (GPT-3), not at 0.5. A row with the whole item holds 8/8."""
+    item = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+    idx = BenchmarkIndex(n=13)
+    idx.add_item([item], "b:1")
+    assert idx.sizes == [8]
+    formula = ["so " + " ".join(item.split()[:13]) + " and more"]
+    assert idx.match(formula, 0.0) == ("b:1", " ".join(item.split()[:13]))
+    assert idx.match(formula, 0.5) is None
+    assert idx.match([f"Q: {item}?"], 0.5) == ("b:1", "100% of its 13-grams")

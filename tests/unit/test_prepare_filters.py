@@ -136,3 +136,31 @@ def test_rejected_and_undesirable_replies_are_only_checked_for_emptiness():
                   f"k:{i}", 0) for i, lab in enumerate((True, False))]
     kept, _ = run(kto)
     assert [r.where for r in kept] == ["k:1"]
+
+
+def test_language_filter_uses_the_installed_detector(monkeypatch):
+    """langdetect itself is optional; a stand-in module checks the wiring: kept languages pass,
+    others are dropped with the detected code in the example, undetectable text counts as 'unknown'."""
+    import sys
+    import types
+
+    class LangDetectException(Exception):
+        pass
+
+    def detect(text):
+        if not text.strip("?!. "):
+            raise LangDetectException("no features")
+        return "de" if "Antwort" in text else "en"
+
+    mod = types.ModuleType("langdetect")
+    mod.detect, mod.DetectorFactory = detect, types.SimpleNamespace(seed=None)
+    exc = types.ModuleType("langdetect.lang_detect_exception")
+    exc.LangDetectException = LangDetectException
+    monkeypatch.setitem(sys.modules, "langdetect", mod)
+    monkeypatch.setitem(sys.modules, "langdetect.lang_detect_exception", exc)
+    kept, report = run([conv("The answer is 4."), conv("Die Antwort ist 4.", "f.jsonl:2"), conv("?!", "f.jsonl:3")],
+                       languages=["en"], placeholders=False)
+    assert [r.where for r in kept] == ["f.jsonl:1"]
+    assert report.dropped == {"language not in ['en']": 2}
+    assert report.examples["language not in ['en']"] == ["f.jsonl:2: de: Die Antwort ist 4.", "f.jsonl:3: unknown: ?!"]
+    assert mod.DetectorFactory.seed == 0  # langdetect is random unless seeded

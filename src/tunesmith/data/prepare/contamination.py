@@ -4,6 +4,9 @@ As in the GPT-3 paper (Brown et al. 2020, sec. 4 and appendix C): text is lower-
 words (punctuation dropped); a training row that shares any 13-gram with a benchmark item is
 contaminated. Benchmark items shorter than n words are matched as a whole word sequence when they
 have at least `min_item_words` words (shorter ones would match by chance and are counted, not used).
+One shared n-gram can be a formula rather than a leak (GSM8K solutions share "there are 7 days in a
+week so she eats ..."); `min_overlap` > 0 asks instead that the row hold at least that share of one
+item's n-grams (as the Llama 2 report's overlap ratio does, there over tokens).
 The index holds one 64-bit hash per benchmark n-gram (GSM8K test: ~150k), built once.
 """
 
@@ -40,42 +43,67 @@ def _row_texts(data) -> list[str]:
 
 
 class BenchmarkIndex:
-    """n-gram hashes of every benchmark item -> the item's location (file:line)."""
+    """n-gram hashes of every benchmark item -> the items holding them (by number; `where` names them)."""
 
     def __init__(self, n: int = 13, min_item_words: int = 8):
         self.n, self.min_item_words = n, min_item_words
-        self.grams: dict[int, str] = {}
+        self.grams: dict[int, list[int]] = {}
+        self.where: list[str] = []  # item number -> file:line
+        self.sizes: list[int] = []  # item number -> distinct n-grams it has
         self.short_lengths: set[int] = set()  # word counts of items matched as a whole
-        self.items = 0
         self.too_short = 0
 
+    @property
+    def items(self) -> int:
+        return len(self.where)
+
     def add_item(self, texts: list[str], where: str) -> None:
-        self.items += 1
+        item, own = len(self.where), set()
         for text in texts:
             w = norm_words(text)
             if len(w) >= self.n:
-                for i in range(len(w) - self.n + 1):
-                    self.grams.setdefault(_h(w[i : i + self.n]), where)
+                own.update(_h(w[i : i + self.n]) for i in range(len(w) - self.n + 1))
             elif len(w) >= self.min_item_words:
                 self.short_lengths.add(len(w))
-                self.grams.setdefault(_h(w), where)
+                own.add(_h(w))
             elif w:
                 self.too_short += 1
+        for g in own:
+            self.grams.setdefault(g, []).append(item)
+        self.where.append(where)
+        self.sizes.append(len(own))
 
     def add_file(self, path: str) -> None:
         for row in read_rows(path):
             self.add_item(_row_texts(row.data), row.where)
 
-    def match(self, texts: list[str]) -> tuple[str, str] | None:
-        """(benchmark item, the shared words) of the first overlap found, or None."""
+    def _row_grams(self, texts: list[str]):
         for text in texts:
             w = norm_words(text)
             for size in (self.n, *sorted(self.short_lengths)):
                 for i in range(len(w) - size + 1):
-                    hit = self.grams.get(_h(w[i : i + size]))
-                    if hit is not None:
-                        return hit, " ".join(w[i : i + size])
-        return None
+                    yield _h(w[i : i + size]), w[i : i + size]
+
+    def match(self, texts: list[str], min_overlap: float = 0.0) -> tuple[str, str] | None:
+        """(benchmark item, what is shared) or None.
+
+        min_overlap 0: the first shared n-gram decides (GPT-3). Above 0: the item whose n-grams the
+        row holds the largest share of, when that share is at least min_overlap (a formulaic phrase
+        shared with one item no longer counts; a copied item still does).
+        """
+        hits: dict[int, set[int]] = {}
+        for g, words in self._row_grams(texts):
+            for item in self.grams.get(g, ()):
+                if min_overlap <= 0:
+                    return self.where[item], " ".join(words)
+                hits.setdefault(item, set()).add(g)
+        if not hits:
+            return None
+        item = max(hits, key=lambda k: (len(hits[k]) / self.sizes[k], -k))
+        share = len(hits[item]) / self.sizes[item]
+        if share < min_overlap:
+            return None
+        return self.where[item], f"{share:.0%} of its {self.n}-grams"
 
 
 class ContaminationCheck:
@@ -87,9 +115,12 @@ class ContaminationCheck:
         for path in cfg.benchmarks:
             self.index.add_file(path)
         self.report = StepReport(self.name)
+        self.rows: list[dict[str, str]] = []  # every contaminated row, for the manifest
         self.report.notes.append(
             f"{self.index.items} benchmark items from {', '.join(Path(p).name for p in cfg.benchmarks)}; "
-            f"{cfg.ngram}-gram overlap; action: {cfg.action}"
+            f"{cfg.ngram}-gram overlap"
+            + (f" covering >= {cfg.min_overlap:.0%} of an item" if cfg.min_overlap > 0 else " (any shared n-gram)")
+            + f"; action: {cfg.action}"
             + (f"; {self.index.too_short} fields shorter than {cfg.min_item_words} words not indexed" if self.index.too_short else "")
         )
 
@@ -97,7 +128,7 @@ class ContaminationCheck:
         kept = []
         self.report.rows_in += len(records)
         for rec in records:
-            hit = self.index.match(all_texts(rec))
+            hit = self.index.match(all_texts(rec), self.cfg.min_overlap)
             if hit is None:
                 if self.cfg.action == "flag":
                     rec.data["_contamination"] = ""
@@ -105,6 +136,7 @@ class ContaminationCheck:
                 continue
             item, words = hit
             self.report.counts[f"overlaps {item.rsplit(':', 1)[0]}"] += 1
+            self.rows.append({"row": rec.where, "benchmark": item, "shared": words})
             if self.cfg.action == "drop":
                 self.report.drop("contaminated", rec.where, f"shares '{words}' with {item}")
             else:

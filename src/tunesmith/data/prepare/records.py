@@ -26,7 +26,6 @@ from ..preference import parse_kto_row, parse_preference_row
 from ..readers import Row
 from ...errors import DataError
 
-KINDS = ("conversation", "text", "preference", "kto")
 _ZERO_WIDTH = re.compile("[\u200b\u200c\u200d\u2060\ufeff]")
 _TRAILING = re.compile(r"[ \t\u00a0]+$", re.M)
 _BLANKS = re.compile(r"\n{3,}")

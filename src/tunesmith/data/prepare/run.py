@@ -68,6 +68,7 @@ def _check_job(data: DataConfig, cfg: PrepareConfig, out: Path, overwrite: bool)
     if cfg.weights and len(cfg.weights) != len(data.train):
         raise ConfigError(f"`prepare.weights` has {len(cfg.weights)} weights for {len(data.train)} `data.train` files; give one per file")
     for path in data.train:
+        read_rows(path)  # checks that it exists and is a kind we read; reads nothing yet
         if Path(path).resolve() == out.resolve() or out.resolve() in Path(path).resolve().parents:
             raise ConfigError(f"the output directory {out} holds the input {path}; choose another `output_dir`")
     if out.is_dir() and ((out / "checkpoints").exists() or (out / "config.yaml").is_file()):
@@ -82,8 +83,9 @@ def _read_source(s: int, path: str, data: DataConfig, cfg: PrepareConfig, read: 
     """Stream one input file through `sink` in chunks; returns the format it was read as."""
     fmt = None
     chunk: list[Record] = []
+    rows = read_rows(path)  # a missing or unreadable file fails here, before the bar is drawn
     bar = tqdm(desc=f"prepare {Path(path).name}", unit=" rows", disable=not cfg.progress, mininterval=1.0)
-    for row in read_rows(path):
+    for row in rows:
         read.rows_in += 1
         bar.update()
         if fmt is None:
@@ -106,7 +108,7 @@ def _read_source(s: int, path: str, data: DataConfig, cfg: PrepareConfig, read: 
     return fmt
 
 
-def _write_split(tmp: Path, name: str, spools: list[Path], picks: list[list[int]], sources: list[str], stats: TokenStats | None, kinds: list[str]) -> int:
+def _write_split(tmp: Path, name: str, spools: list[Path], picks: list[list[int]], stats: TokenStats | None, kinds: list[str]) -> int:
     """Copy the picked spooled rows to <name>.jsonl, then to Arrow in <name>/; rows written."""
     path, n = tmp / f"{name}.jsonl", 0
     with open(path, "w", encoding="utf-8") as out:
@@ -138,13 +140,18 @@ def _to_arrow(jsonl: Path, dest: Path) -> None:
             for line in f:
                 yield json.loads(line)
 
+    bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()  # our own bar is the one a person reads
     fingerprint = file_sha256(str(jsonl))[:16]  # content-derived, so reruns write identical state.json
     cache = jsonl.parent / ".cache"
-    ds = datasets.Dataset.from_generator(rows, gen_kwargs={"p": str(jsonl)}, cache_dir=str(cache), fingerprint=fingerprint)
-    ds.save_to_disk(str(dest))
-    del ds
-    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        ds = datasets.Dataset.from_generator(rows, gen_kwargs={"p": str(jsonl)}, cache_dir=str(cache), fingerprint=fingerprint)
+        ds.save_to_disk(str(dest))
+        del ds
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        if bars:
+            datasets.enable_progress_bars()
 
 
 def run_prepare(data: DataConfig, cfg: PrepareConfig, out: str | Path, tokenizer=None,
@@ -198,8 +205,8 @@ def _prepare_into(tmp: Path, data: DataConfig, cfg: PrepareConfig, steps: list, 
     if cfg.weights:
         train_idx = mix_indices(train_idx, cfg.weights, cfg.seed)
     stats = TokenStats(counter)
-    n_train = _write_split(tmp, "train", spools, train_idx, data.train, stats, kinds)
-    n_eval = _write_split(tmp, "eval", spools, eval_idx, data.train, None, kinds)
+    n_train = _write_split(tmp, "train", spools, train_idx, stats, kinds)
+    n_eval = _write_split(tmp, "eval", spools, eval_idx, None, kinds)
     if not n_train:
         raise DataError("no row is left for training after the steps; see the counts: " + "; ".join(
             f"{r.name}: {dict(r.dropped)}" for r in [read, *(st.report for st in steps)] if r.dropped))
@@ -214,6 +221,7 @@ def _prepare_into(tmp: Path, data: DataConfig, cfg: PrepareConfig, steps: list, 
         "inputs": inputs,
         "benchmarks": [{"path": str(b), "sha256": file_sha256(b)} for b in cfg.contamination.benchmarks],
         "steps": [read.as_dict(), *(st.report.as_dict() for st in steps)],
+        "contaminated_rows": next((st.rows[:1000] for st in steps if isinstance(st, ContaminationCheck)), []),
         "splits": {"train": n_train, "eval": n_eval},
         "sources": [{"path": str(p), "kept": c, "train": len(t), "eval": len(e)} for p, c, t, e in zip(data.train, counts, train_idx, eval_idx)],
         "stats": summary,
