@@ -171,3 +171,34 @@ def test_llama_cpp_q4_0_and_q8_0_blocks_equal_gguf_quants(tiny_dir, tok, tmp_pat
         assert t.tensor_type == qtype
         want = gguf.quants.quantize(f32["blk.0.attn_q.weight"], qtype)
         assert np.array_equal(np.asarray(t.data).reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("pre,arch", [("qwen2", "qwen2"), ("llama-bpe", "llama")])
+def test_split_regex_tokenizers_tokenize_identically_in_llama_cpp(tmp_path, pre, arch):
+    """Qwen2- and Llama-3-style pre-tokenizers: the file names the right `tokenizer.ggml.pre`, and
+    llama.cpp splits digits, spaces, newlines and unicode exactly as the tokenizer does."""
+    from gguf_variants import make_split_regex_model
+
+    from tunesmith.export.gguf_write import PRE_TOKENIZERS
+
+    regex = next(r for r, name in PRE_TOKENIZERS.items() if name == pre)
+    src = make_split_regex_model(tmp_path / pre, regex, arch)
+    res = export_gguf(src, tmp_path / f"{pre}.gguf", quant="F32")
+    assert gguf.GGUFReader(res.gguf).fields["tokenizer.ggml.pre"].contents() == pre
+    assert res.verification["passed"], res.verification["failures"]
+    assert gguf.GGUFReader(res.gguf).fields["tokenizer.ggml.add_bos_token"].contents() is False
+
+
+def test_a_wrong_pre_tokenizer_name_fails_verification(tmp_path, monkeypatch):
+    """Label a Qwen2-style tokenizer `gpt-2`: llama.cpp then splits "\\n" and digits differently,
+    and the tokenizer check stops the export."""
+    from gguf_variants import make_split_regex_model
+
+    from tunesmith.export.gguf_write import PRE_TOKENIZERS
+
+    regex = next(r for r, name in PRE_TOKENIZERS.items() if name == "qwen2")
+    src = make_split_regex_model(tmp_path / "m", regex, "qwen2")
+    monkeypatch.setattr(gguf_write, "pre_tokenizer_name", lambda tok_json, where: "gpt-2")
+    with pytest.raises(VerificationError, match="llama.cpp tokenizes .* differently from transformers"):
+        export_gguf(src, tmp_path / "x.gguf", quant="F32")
+    assert not (tmp_path / "x.gguf").exists()
