@@ -3,7 +3,8 @@
 tiny model -> SFT (full fine-tuning, so the result is a merged transformers directory) -> GGUF F16,
 Q8_0, Q4_K_M -> llama.cpp loads each; F16/Q8_0 greedy tokens equal transformers' token for token,
 Q4_K_M reports agreement and perplexity; the chat template in the file renders like the tokenizer's.
-The verifier itself is shown to fail on a broken file (Q/K permutation left out).
+Qwen2, Mistral and Qwen2/Llama-3 style pre-tokenizers load and verify too. The verifier itself is
+shown to fail on broken files (Q/K permutation left out; wrong pre-tokenizer name).
 """
 
 from __future__ import annotations
