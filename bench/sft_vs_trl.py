@@ -68,7 +68,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared/data"
+SHARED_DATA = Path(os.environ.get("TUNESMITH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
 RESULTS_JSON = HERE / "results" / "sft_vs_trl.json"
 README = HERE / "README.md"
 
@@ -77,6 +77,12 @@ LR = 2e-4
 WARMUP_STEPS_EXCLUDED = 2  # steps 1 and 2 are warm-up (allocator growth, first-call overheads)
 LOSS_WINDOW = 5
 BIG_VOCAB = 128_256
+
+
+def gpu_peak_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
 
 
 def maxrss_mb() -> float:
@@ -109,6 +115,10 @@ def baseline_after_load(model_dir: str) -> float:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     del model
     gc.collect()
+    if torch.cuda.is_available():  # on the GPU the peak is torch's own allocator count, which starts at 0
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return gpu_peak_mb()
     return maxrss_mb()
 
 
@@ -140,7 +150,8 @@ def worker_tunesmith(spec: dict) -> dict:
         "adapter": {"type": "lora", **LORA},
         "train": {"max_steps": spec["steps"], "micro_batch_size": spec["micro_batch_size"],
                   "grad_accum_steps": spec["grad_accum_steps"], "lr": LR, "scheduler": "cosine", "warmup_steps": 0,
-                  "precision": "fp32", "save_every": 0, "progress": False, "seed": 0},
+                  "precision": "bf16" if spec["device"] == "cuda" else "fp32", "save_every": 0, "progress": False,
+                  "seed": 0},
         "output_dir": spec["run_dir"],
     })
     times, tokens, losses, peak = [], [], [], [0.0]
@@ -149,7 +160,7 @@ def worker_tunesmith(spec: dict) -> dict:
         times.append(time.perf_counter())
         tokens.append(record["tokens"])
         losses.append(record["loss"])
-        peak[0] = maxrss_mb()
+        peak[0] = gpu_peak_mb() if spec["device"] == "cuda" else maxrss_mb()
         peak.append(vm_hwm_mb())
 
     summary = train(cfg, overwrite=True, callbacks=[on_step])
@@ -192,7 +203,7 @@ def worker_trl(spec: dict) -> dict:
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        bf16=False,
+        bf16=spec["device"] == "cuda",  # autocast over fp32 weights, as tunesmith's precision: bf16
         fp16=False,
         gradient_checkpointing=False,  # SFTConfig turns it on by default; tunesmith's default is off
         max_length=spec["max_length"],
@@ -222,7 +233,7 @@ def worker_trl(spec: dict) -> dict:
         def on_step_end(self, args, state, control, **kw):
             times.append(time.perf_counter())
             tokens.append(counted[0])
-            peak[0] = maxrss_mb()
+            peak[0] = gpu_peak_mb() if spec["device"] == "cuda" else maxrss_mb()
             peak.append(vm_hwm_mb())
 
         def on_log(self, args, state, control, logs=None, **kw):
@@ -332,6 +343,8 @@ def run_worker(framework: str, spec: dict, log: Path) -> dict:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true", "PYTHONWARNINGS": "ignore",
            "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    if spec.get("device", "cpu") == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU bench stays on the CPU on a GPU machine too
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", framework, "--spec", json.dumps(spec), "--out", str(out)]
     t0 = time.perf_counter()
     with log.open("w") as f:
@@ -387,15 +400,21 @@ def fmt_table(results: dict, plans: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(block_lines: list[str]) -> None:
+def gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+
+
+def update_readme(marker: str, block_lines: list[str]) -> None:
     """Replace the generated block of bench/README.md (between the markers), or append one."""
-    begin, end = "<!-- sft_vs_trl:begin -->", "<!-- sft_vs_trl:end -->"
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     block = "\n".join([begin, *block_lines, end])
     text = README.read_text() if README.is_file() else "# Benchmarks\n"
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip("\n") + "\n\n## tunesmith vs TRL SFTTrainer (`sft_vs_trl.py`)\n\n" + block + "\n"
+        text = text.rstrip("\n") + f"\n\n## tunesmith vs TRL SFTTrainer (`sft_vs_trl.py`, {marker})\n\n" + block + "\n"
     README.write_text(text)
 
 
@@ -411,6 +430,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--no-packing", action="store_true", help="one example per padded row in both frameworks")
     p.add_argument("--threads", type=int, default=1, help="torch threads in each worker (see the docstring)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: both frameworks on the GPU with bf16 autocast over fp32 weights; peak = torch's allocator")
     p.add_argument("--configs", default="small,small-v128k", help="comma-separated subset of: small, small-v128k")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -437,7 +458,8 @@ def main() -> None:
     repeats = 1 if a.quick else a.repeats
     packing = not a.no_packing
     plans = {c: {"steps": steps[c], "micro_batch_size": a.micro_batch_size, "grad_accum_steps": accum[c],
-                 "max_length": a.max_length, "packing": packing, "threads": a.threads} for c in configs}
+                 "max_length": a.max_length, "packing": packing, "threads": a.threads, "device": a.device}
+             for c in configs}
     # Twice the rows the longest run consumes: no run repeats an example (a packed row holds >= 1).
     n_examples = 2 * max(steps[c] * a.micro_batch_size * accum[c] for c in configs)
     command = " ".join([".venv/bin/python bench/sft_vs_trl.py", *sys.argv[1:]])
@@ -470,8 +492,10 @@ def main() -> None:
     versions = runs[configs[0]]["trl"][0]["versions"]
     setup = (f"{a.micro_batch_size} packed rows of <= {a.max_length} tokens per micro-batch" if packing else
              f"{a.micro_batch_size} padded rows (one example each) per micro-batch") + (
-        f"; LoRA r16/alpha32/dropout0 all-linear; lr 2e-4 cosine; fp32; {a.threads} torch thread(s) per run on "
-        f"{os.cpu_count()} CPUs; tokens/s over steps {WARMUP_STEPS_EXCLUDED + 1}-N; loss = mean of the last "
+        "; LoRA r16/alpha32/dropout0 all-linear; lr 2e-4 cosine; "
+        + (f"bf16 autocast on {gpu_name()}, peak = torch.cuda.max_memory_allocated" if a.device == "cuda" else
+           f"fp32; {a.threads} torch thread(s) per run on {os.cpu_count()} CPUs")
+        + f"; tokens/s over steps {WARMUP_STEPS_EXCLUDED + 1}-N; loss = mean of the last "
         f"{LOSS_WINDOW} steps; median of {repeats} alternating run(s) per cell")
     data_line = (f"{data_info['source'].split(' (')[0]}: the first {data_info['rows']} examples that fit {a.max_length} "
                  f"tokens ({data_info['skipped_overlong']} longer ones skipped), {data_info['tokens_per_example_mean']} "
@@ -487,12 +511,13 @@ def main() -> None:
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": round(elapsed, 1),
                "setup": setup, "plans": plans, "data": data_info, "versions": versions,
                "platform": platform.platform(), "results": results}
-    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps(payload, indent=1) + "\n")
-    update_readme(["", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", table, "",
+    results_json = RESULTS_JSON.with_name(f"sft_vs_trl{'_cuda' if a.device == 'cuda' else ''}.json")
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(payload, indent=1) + "\n")
+    update_readme("sft_vs_trl" + ("_cuda" if a.device == "cuda" else ""), ["", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", table, "",
                    f"Data: {data_line}. Setup: {setup}. Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
-                   "Per-step numbers of every run: `bench/results/sft_vs_trl.json`.", ""])
-    print(f"wrote {RESULTS_JSON.relative_to(REPO)} and {README.relative_to(REPO)}")
+                   f"Per-step numbers of every run: `bench/results/{results_json.name}`.", ""])
+    print(f"wrote {results_json.relative_to(REPO)} and {README.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

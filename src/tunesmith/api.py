@@ -56,4 +56,81 @@ def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False) -> 
     return run_quickstart(Path(out), overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart", "export"]
+def score(model: str | Path, data: str | Path, out: str | Path | None = None, overwrite: bool = False, batch_size: int = 8) -> dict:
+    """Score prompt/response rows (or chosen/rejected pairs, with pairwise accuracy) with a reward model."""
+    from .score import score as _score
+
+    return _score(model, data, out=out, overwrite=overwrite, batch_size=batch_size)
+
+
+def prepare(
+    config: str | Path | None = None,
+    overrides: list[str] | None = None,
+    input: list[str] | None = None,
+    format: str | None = None,
+    out: str | Path | None = None,
+    benchmarks: list[str] | None = None,
+    tokenizer: str | None = None,
+    jsonl: bool = False,
+    overwrite: bool = False,
+) -> dict:
+    """Filter, deduplicate, scrub, check and split `data.train` into a prepared directory; returns the manifest.
+
+    The arguments are shortcuts for config keys: input -> data.train, format -> data.format,
+    out -> output_dir, benchmarks -> prepare.contamination.benchmarks, tokenizer -> prepare.tokenizer,
+    jsonl -> prepare.jsonl. Without a config (or without `model:` in it) only data/prepare/output_dir are read.
+    """
+    from .data.prepare.job import load_prepare_job
+
+    job = load_prepare_job(config, overrides, input=input, format=format, out=out, benchmarks=benchmarks, tokenizer=tokenizer, jsonl=jsonl)
+    return job.run(overwrite=overwrite)
+
+
+def eval(config: str | Path | None = None, overrides: list[str] | None = None, *, model: str | None = None,  # noqa: A001
+         adapter: str | None = None, base: str | None = None, tasks: str | list[str] | None = None,
+         out: str | Path | None = None, overwrite: bool = False) -> dict:
+    """`tunesmith eval`: perplexity, tasks, judge and before/after into OUT (default RUN_DIR/eval).
+    Named like the subcommand (shadowing the builtin inside this module only)."""
+    from .evaluate.run import evaluate
+
+    return evaluate(config, overrides, model=model, adapter=adapter, base=base, tasks=tasks, out=out, overwrite=overwrite)
+
+
+def merge(out: str | Path, base: str | Path | None = None, adapter: str | Path | list | None = None,
+          weights: list[float] | None = None, config: str | Path | None = None, overrides: list[str] | None = None,
+          base_quantization: str = "auto", dtype: str = "auto", overwrite: bool = False) -> dict:
+    """Adapter merge (`base` + `adapter`) or model merging (`config`, a merge.yaml); verified before it is kept."""
+    from .errors import UserError
+
+    if config is not None:
+        if base is not None or adapter:
+            raise UserError("give either --config merge.yaml (model merging) or --base and --adapter, not both")
+        from .merge.models import merge_models
+
+        s = merge_models(config, out, overrides, overwrite=overwrite)
+        s["verified"] = f"from_pretrained loads all {s['tensors']} tensors exactly as merged; probe logits finite"
+        return s
+    if base is None or not adapter:
+        raise UserError("`tunesmith merge` needs --base and --adapter (adapter merge) or --config merge.yaml (model merging)")
+    if overrides:
+        raise UserError(f"overrides {overrides} apply to --config only")
+    from .merge.adapter import merge_adapter
+
+    s = merge_adapter(base, adapter, out, weights, base_quantization=base_quantization, dtype=dtype, overwrite=overwrite)
+    s["verified"] = (f"merged logits = adapter logits within {s['max_logit_diff']:.1e} (tolerance {s['tolerance']:.0e}); "
+                     "saved weights reload bit-for-bit; chat template kept")
+    return s
+
+
+def quantize(model: str | Path, out: str | Path, method: str, bits: int = 4, group_size: int = 128,
+             act_order: bool = False, calibration: str | Path | None = None, eval_file: str | Path | None = None,
+             samples: int = 128, seq_len: int = 256, overwrite: bool = False) -> dict:
+    """INT8/NF4/GPTQ/AWQ checkpoint of `model`, reloaded and scored (perplexity) against the original."""
+    from .export.quantize import quantize_model
+
+    return quantize_model(model, out, method, bits=bits, group_size=group_size, act_order=act_order,
+                          calibration=calibration, eval_file=eval_file, samples=samples, seq_len=seq_len,
+                          overwrite=overwrite)
+
+
+__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare", "eval", "merge", "quantize", "export"]

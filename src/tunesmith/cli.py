@@ -6,6 +6,7 @@ anything else is our bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import UserError
@@ -33,11 +34,69 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--show", type=int, default=2, help="examples to print with their label mask")
 
-    p = sub.add_parser("train", help="train (sft, pretrain) with full fine-tuning, LoRA or QLoRA")
+    p = sub.add_parser("train", help="train (sft, pretrain, reward, dpo, kto) with full fine-tuning, LoRA or QLoRA")
     _add_run_args(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output_dir")
 
+    p = sub.add_parser("score", help="score prompt/response pairs (or chosen/rejected pairs) with a trained reward model")
+    p.add_argument("model", help="a reward run directory, or its adapter/ or model/")
+    p.add_argument("data", help="JSONL/JSON/CSV rows {prompt, response} or {prompt, chosen, rejected}")
+    p.add_argument("--out", default=None, help="write one JSON line per row here")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--batch-size", type=int, default=8)
+    p = sub.add_parser("prepare", help="clean a data set: filters, exact/near dedup, PII, contamination, token statistics, split and mix")
+    p.add_argument("config", nargs="?", default=None, help="run config (YAML) with data: and prepare: sections (optional)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. prepare.dedup.threshold=0.7")
+    p.add_argument("--input", nargs="+", default=None, help="data files (sets data.train)")
+    p.add_argument("--format", default=None, help="auto | alpaca | sharegpt | messages | text | preference | kto")
+    p.add_argument("--out", default=None, help="output directory (sets output_dir)")
+    p.add_argument("--benchmark", nargs="+", default=None, help="benchmark files to check contamination against")
+    p.add_argument("--tokenizer", default=None, help="tokenizer for token counts (default: model.path)")
+    p.add_argument("--jsonl", action="store_true", help="also write train.jsonl / eval.jsonl")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p = sub.add_parser("eval", help="evaluate a model/adapter: perplexity, benchmark tasks, LLM-as-judge, before/after vs its base")
+    p.add_argument("config", nargs="?", default=None, help="run config (YAML): scores its adapter/ or model/, writes RUN_DIR/eval")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.limit=50 eval.num_samples=5 eval.pass_k=[1,5]")
+    p.add_argument("--model", help="model directory (or the base of --adapter) when there is no run config")
+    p.add_argument("--adapter", help="PEFT adapter directory applied to --model")
+    p.add_argument("--base", nargs="?", const="auto", default=None, help="also score this base model and report deltas (alone: the config's model.path)")
+    p.add_argument("--tasks", help="NAME=FILE[,NAME=FILE...]: gsm8k, humaneval, mmlu, arc, hellaswag, mc readers by name prefix, or a task YAML")
+    p.add_argument("--perplexity", nargs="+", metavar="FILE", help="data files to report loss/perplexity on")
+    p.add_argument("--limit", type=int, help="score only the first N examples of each task")
+    p.add_argument("--few-shot", type=int, help="built-in tasks: the first N rows become solved examples before each prompt")
+    p.add_argument("--judge", choices=["single", "pairwise"], help="LLM-as-judge mode (with --judge-questions)")
+    p.add_argument("--judge-questions", help="JSONL of {question, reference?} for the judge")
+    p.add_argument("--judge-endpoint", help="OpenAI-compatible base URL of the judge, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--judge-model", help="model name sent to the judge endpoint")
+    p.add_argument("--judge-local", help="local model directory to judge with")
+    p.add_argument("--harness", help="lm-evaluation-harness tasks, comma-separated (needs tunesmith[harness])")
+    p.add_argument("--harness-include", help="directory of your own lm-eval task YAMLs (e.g. pointing at local data)")
+    p.add_argument("--out", help="the eval directory to write (default RUN_DIR/eval)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing eval directory")
+    p = sub.add_parser("merge", help="merge adapters into their base (--base --adapter) or whole models (--config merge.yaml)")
+    p.add_argument("--out", required=True, help="directory for the merged transformers model")
+    p.add_argument("--base", help="base model directory the adapter was trained on")
+    p.add_argument("--adapter", action="append", help="PEFT adapter directory (repeat for a weighted merge of several)")
+    p.add_argument("--weights", nargs="+", type=float, help="one weight per --adapter (LoRA only)")
+    p.add_argument("--base-quantization", default="auto", help="auto (from the run's config.yaml) | none | nf4 | int8")
+    p.add_argument("--dtype", default="auto", help="saved dtype: auto (the base's) | fp32 | bf16 | fp16")
+    p.add_argument("--config", help="merge.yaml for model merging (linear, slerp, task_arithmetic, ties, dare_*)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides of merge.yaml, e.g. parameters.density=0.5")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+    p = sub.add_parser("quantize", help="INT8/NF4 (bitsandbytes), GPTQ or AWQ checkpoint, with perplexity vs the original")
+    p.add_argument("--model", required=True, help="model directory (e.g. the output of `tunesmith merge`)")
+    p.add_argument("--out", required=True, help="directory for the quantized model")
+    p.add_argument("--method", required=True, help="int8 | nf4 | gptq | awq")
+    p.add_argument("--bits", type=int, default=4, help="gptq/awq: 4 or 8")
+    p.add_argument("--group-size", type=int, default=128, help="gptq/awq: columns per scale (-1: one per row)")
+    p.add_argument("--act-order", action="store_true", help="gptq: quantize columns by decreasing Hessian diagonal")
+    p.add_argument("--calibration", help="text file (.txt lines, or .jsonl with a `text` field) for gptq/awq; default: built-in text")
+    p.add_argument("--eval", dest="eval_file", help="held-out text for perplexity; default: built-in text disjoint from calibration")
+    p.add_argument("--samples", type=int, default=128, help="calibration sequences")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration/evaluation sequence")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p = sub.add_parser("export", help="write a merged model as GGUF (F16 ... Q4_K_M) with its tokenizer and chat template, verified in llama.cpp, plus an Ollama Modelfile")
     p.add_argument("--model", required=True, help="merged transformers model directory (safetensors + tokenizer)")
     p.add_argument("--out", required=True, help="the .gguf file to write; <stem>.Modelfile, <stem>.report.md and <stem>.verify.json go beside it")
@@ -68,6 +127,18 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
+def _eval_overrides(args: argparse.Namespace) -> list[str]:
+    """`tunesmith eval` flags that are eval.* config keys, as dotted overrides (JSON is valid YAML)."""
+    import json
+
+    pairs = {"eval.perplexity": args.perplexity, "eval.limit": args.limit, "eval.few_shot": args.few_shot, "eval.judge.mode": args.judge,
+             "eval.judge.questions": args.judge_questions, "eval.judge.endpoint": args.judge_endpoint,
+             "eval.judge.model": args.judge_model, "eval.judge.local": args.judge_local,
+             "eval.harness": args.harness.split(",") if args.harness else None,
+             "eval.harness_include": args.harness_include}
+    return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
@@ -81,12 +152,38 @@ def main(argv: list[str] | None = None) -> int:
             print(api.inspect_data(args.config, args.overrides, show=args.show))
         elif args.command == "train":
             api.train(args.config, args.overrides, overwrite=args.overwrite, resume=args.resume)
+        elif args.command == "score":
+            result = api.score(args.model, args.data, out=args.out, overwrite=args.overwrite, batch_size=args.batch_size)
+            acc = f"; pairwise accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
+            print(f"scored {result['rows']} rows{acc}" + (f"; scores in {args.out}" if args.out else ""))
+        elif args.command == "prepare":
+            m = api.prepare(args.config, args.overrides, input=args.input, format=args.format, out=args.out, benchmarks=args.benchmark,
+                            tokenizer=args.tokenizer, jsonl=args.jsonl, overwrite=args.overwrite)
+            print(f"prepared {m['splits']['train']} train / {m['splits']['eval']} eval rows into {m['output_dir']}; see {m['output_dir']}/prepare_report.md")
+        elif args.command == "merge":
+            s = api.merge(args.out, base=args.base, adapter=args.adapter, weights=args.weights, config=args.config,
+                          overrides=args.overrides, base_quantization=args.base_quantization, dtype=args.dtype,
+                          overwrite=args.overwrite)
+            print(f"wrote {s['out']} ({s['size_bytes'] / 2**20:.1f} MiB, {s['dtype']}); see report.md")
+            print(f"verified: {s['verified']}")
+        elif args.command == "quantize":
+            s = api.quantize(args.model, args.out, args.method, bits=args.bits, group_size=args.group_size,
+                             act_order=args.act_order, calibration=args.calibration, eval_file=args.eval_file,
+                             samples=args.samples, seq_len=args.seq_len, overwrite=args.overwrite)
+            print(f"wrote {s['out']} ({s['size_bytes'] / 2**20:.1f} MiB); see report.md")
+            print(f"verified: {s['verified']}")
         elif args.command == "export":
             result = api.export(args.model, args.out, format=args.format, quant=args.quant, eval_file=args.eval_file,
                                 max_ppl_increase=args.max_ppl_increase, verify=not args.no_verify, overwrite=args.overwrite)
             print(result.summary())
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
+        elif args.command == "eval":
+            config, overrides = args.config, list(args.overrides)
+            if config and "=" in config and not os.path.exists(config):  # no config, only overrides
+                config, overrides = None, [config] + overrides
+            api.eval(config, overrides + _eval_overrides(args), model=args.model, adapter=args.adapter,
+                     base=args.base, tasks=args.tasks, out=args.out, overwrite=args.overwrite)
     except UserError as e:
         print(f"tunesmith {args.command}: error: {e}", file=sys.stderr)
         return 2

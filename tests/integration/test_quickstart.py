@@ -52,9 +52,10 @@ def test_adapter_beats_the_base_on_held_out_prompts(quickstart):
 
 def test_files_are_all_there(quickstart):
     out, _, _ = quickstart
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "base-init", "data", "pretrain", "sft"]
-    assert sorted(p.name for p in (out / "data").iterdir()) == ["corpus.txt", "task_eval.jsonl", "task_train.jsonl"]
-    for run in ("pretrain", "sft"):
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "base-init", "data", "dpo", "pretrain", "sft", "sft-merged"]
+    assert sorted(p.name for p in (out / "data").iterdir()) == ["corpus.txt", "pref_eval.jsonl", "pref_train.jsonl",
+                                                                "task_eval.jsonl", "task_train.jsonl"]
+    for run in ("pretrain", "sft", "dpo"):
         assert (out / run / "loss.png").read_bytes()[:8] == PNG_MAGIC
         assert (out / run / "config.yaml").is_file() and (out / run / "report.md").is_file()
     assert (out / "pretrain" / "model" / "model.safetensors").is_file()
@@ -92,7 +93,23 @@ def test_summary_names_the_report_and_the_plots(quickstart):
     assert str(out / "sft" / "report.md") in stdout
     assert str(out / "sft" / "loss.png") in stdout and str(out / "pretrain" / "loss.png") in stdout
     assert f"{r['after']['accuracy']:.0%} after" in stdout
-    assert set(r["timings_s"]) == {"model", "pretrain", "task", "sft", "evaluate"}
+    assert set(r["timings_s"]) == {"model", "pretrain", "task", "sft", "evaluate", "dpo"}
+    assert f"held-out preference accuracy {r['dpo']['before']['accuracy']:.0%} -> {r['dpo']['after']['accuracy']:.0%}" in stdout
+
+
+def test_dpo_stage_reports_preference_accuracy_before_and_after(quickstart):
+    """The DPO stage starts from the SFT model (its reference), trains a new adapter, and its report
+    shows the held-out numbers the run returned; DPO widens the log-prob margin of the correct answer."""
+    out, r, _ = quickstart
+    d = r["dpo"]
+    assert d["n_eval"] == BUDGETS["test"].dpo_eval
+    assert d["after"]["mean_margin"] > d["before"]["mean_margin"]
+    first = next(x for x in read_metrics(out / "dpo" / "metrics.jsonl") if "loss" in x)
+    assert first["loss"] == pytest.approx(0.693147, abs=1e-5)  # the reference is the SFT model itself
+    report = (out / "dpo" / "report.md").read_text()
+    assert f"| preference accuracy | {100 * d['before']['accuracy']:.1f}% | {100 * d['after']['accuracy']:.1f}% |" in report
+    assert (out / "dpo" / "preference.png").read_bytes()[:8] == PNG_MAGIC
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (out / "dpo" / "adapter").iterdir()}
 
 
 def test_plain_peft_reproduces_the_reported_answers(quickstart):
@@ -100,7 +117,7 @@ def test_plain_peft_reproduces_the_reported_answers(quickstart):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.evaluation import greedy_answers
+    from tunesmith.evaluate.generation import greedy_answers
 
     out, r, _ = quickstart
     tok = AutoTokenizer.from_pretrained(out / "pretrain" / "model")

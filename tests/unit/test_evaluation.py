@@ -10,7 +10,9 @@ from transformers import AutoModelForCausalLM
 from tunesmith.config import DataConfig
 from tunesmith.data.encode import IGNORE_INDEX, encode_conversation
 from tunesmith.data.formats import Conversation
-from tunesmith.evaluation import answer_loss, chat_prompt, exact_match, greedy_answers
+from tunesmith.evaluate.generation import chat_prompt, greedy_answers
+from tunesmith.evaluate.loglik import answer_loss
+from tunesmith.evaluate.metrics import exact_match
 
 # Prompts of very different token lengths, so a batch of them is mostly left padding.
 PROMPTS = ["Hi", "Sort these words: red, blue, green, moon, sun, tree, cloud, stone.", "Add 3 and 4.",

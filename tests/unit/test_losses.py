@@ -232,6 +232,24 @@ def test_largest_tensor_is_one_chunk_not_the_full_logits():
     assert plain.largest >= n * v
 
 
+def test_chunks_are_capped_by_the_logits_budget(monkeypatch):
+    """The chunk is min(chunk_size, CHUNK_ELEMENTS // V) rows: with the budget set to 3 * V = 159
+    elements and chunk_size 1000, no tensor exceeds 3 x 53 logits, and the loss and gradients
+    still equal the plain reference (so a 128k vocabulary gets small chunks automatically)."""
+    import tunesmith.train.losses as losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * V)
+    hidden, weight, bias, targets = _inputs(torch.float64)
+    with _LargestTensor() as seen:
+        got = _loss_and_grads(_fused, hidden, weight, bias, targets, chunk_size=1000)
+    chunk_rows = {s[0] for s in seen.shapes if len(s) == 2 and s[1] == V and s != (H, V)}  # (H, V) is weight.T
+    assert max(chunk_rows) == 3
+    want = _loss_and_grads(_ref, hidden, weight, bias, targets)
+    torch.testing.assert_close(got[0], want[0])
+    for a, b in zip(got[1], want[1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_cross_entropy_sum_upcasts_bf16_logits():
     """cross_entropy_sum on bf16 (B, T, V) logits is fp32 and equals sum_{labeled} lse(z) - z[t]
     computed in fp64 from the same bf16 values; e.g. row [0, 1] with target 0 costs ln(1 + e)."""

@@ -229,6 +229,8 @@ def _read_parquet(p: Path) -> Iterator[Row]:
 
 
 def _read_saved_dataset(p: Path) -> Iterator[Row]:
+    if (p / "manifest.json").is_file() and (p / "train" / "state.json").is_file():
+        p = p / "train"  # a directory written by `tunesmith prepare`: train on its train split
     if (p / "dataset_dict.json").exists():
         try:
             splits = json.loads((p / "dataset_dict.json").read_text())["splits"]

@@ -1,1 +1,2 @@
-"""Turn a trained model into files other tools serve: quantized checkpoints and GGUF for llama.cpp."""
+"""Quantized and exported forms of a model, for the tools that serve it: INT8/NF4/GPTQ/AWQ checkpoints
+(quantize*.py, gptq.py, awq.py) and GGUF for llama.cpp (gguf*.py)."""

@@ -76,9 +76,11 @@ def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
     )
 
 
-def load_model(cfg: ModelConfig, compute_dtype: torch.dtype | None = None, device: torch.device | None = None):
-    """The model in `cfg.dtype` (frozen storage), quantized when asked, on `device`, in train mode off."""
-    from transformers import AutoModelForCausalLM
+def load_model(cfg: ModelConfig, compute_dtype: torch.dtype | None = None, device: torch.device | None = None,
+               head: str = "causal"):
+    """The model in `cfg.dtype` (frozen storage), quantized when asked, on `device`, in train mode off.
+    head="score": the same backbone with a new scalar head (sequence classification, 1 label)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     _check_source(cfg.path)
     dtype = resolve_dtype(cfg.dtype)
@@ -94,7 +96,10 @@ def load_model(cfg: ModelConfig, compute_dtype: torch.dtype | None = None, devic
         kwargs["quantization_config"] = qcfg
         kwargs["device_map"] = {"": str(device) if device.type == "cpu" else device.index or 0}
     try:
-        model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+        if head == "score":
+            model = AutoModelForSequenceClassification.from_pretrained(cfg.path, num_labels=1, **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load `model.path` {cfg.path}: {e}") from None
     if qcfg is None:

@@ -2,11 +2,15 @@
 and `step(model, batch) -> (summed loss, metrics)`; the shared loop does everything else.
 Chosen by name from OBJECTIVES: the loop never branches on the method."""
 
+from .preference import DPOObjective, KTOObjective, RewardObjective
 from .sft import CausalLMObjective
 
 OBJECTIVES = {
     "sft": CausalLMObjective,
     "pretrain": CausalLMObjective,
+    "reward": RewardObjective,
+    "dpo": DPOObjective,
+    "kto": KTOObjective,
 }
 
 

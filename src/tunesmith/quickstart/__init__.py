@@ -9,6 +9,9 @@ The phases, each an ordinary tunesmith stage whose output a person can open and 
 4. `sft/`: LoRA fine-tuning of the pre-trained model on the task (`train(...)`, as `tunesmith train`).
 5. Before/after: greedy answers to held-out prompts from the pre-trained base and from base + adapter,
    exact match and the eval loss of both, added to `sft/report.md`; `README.md` points to everything.
+6. `dpo/`: DPO with LoRA on the SFT model (merged into `sft-merged/`) over correct vs wrong answers
+   (`data/pref_*.jsonl`), and the preference accuracy on held-out pairs before and after, in
+   `dpo/report.md` (dpo_stage.py).
 
 Why this task. "Rewrite the sentence in the past tense": `Emma buys a green cup.` -> `Emma bought a
 green cup.` The verb comes from the corpus (which has both "Anna finds a ball." and "Yesterday Anna
@@ -36,10 +39,11 @@ from pathlib import Path
 from ..errors import UserError
 from ..train.run import say
 from .report import result_section, samples_section, summary_text, write_readme
+from .dpo_stage import dpo_section, run_dpo_stage
 from .task import INSTRUCTION, past_tense_task
 
 # Everything run_quickstart makes under `out`; --overwrite removes these and nothing else.
-OUR_ENTRIES = ("base-init", "data", "pretrain", "sft", "README.md")
+OUR_ENTRIES = ("base-init", "data", "pretrain", "sft", "sft-merged", "dpo", "README.md")
 # Openings the pre-trained model continues in pretrain/report.md, to show what pre-training taught.
 SAMPLE_OPENINGS = ("The red fox", "Yesterday it was sunny.",
                    "Anna has two apples. Anna gets three more apples. Question: How many apples does Anna have? Answer:")
@@ -60,12 +64,17 @@ class Budget:
     micro_batch_size: int = 8
     max_length: int = 256
     seed: int = 0  # the model's weights, the corpus, the task rows and the data order
+    dpo_train: int = 512
+    dpo_eval: int = 100
+    dpo_steps: int = 60
+    dpo_lr: float = 2e-3
 
 
 BUDGETS = {
     "default": Budget(),
     # For tests: a fraction of the steps, still enough for the adapter to beat the base clearly.
-    "test": Budget(corpus_docs=4000, pretrain_steps=200, task_train=1500, task_eval=100, sft_steps=200),
+    "test": Budget(corpus_docs=4000, pretrain_steps=200, task_train=1500, task_eval=100, sft_steps=200, dpo_train=256,
+                   dpo_eval=64, dpo_steps=30),
 }
 
 
@@ -91,29 +100,34 @@ def run_quickstart(out: str | Path, overwrite: bool = False, budget: str | Budge
     torch.set_num_threads(1)
     try:
         with _timed(t, "model"):
-            say(f"quickstart [1/5] making a {budget.size} model and its tokenizer from the built-in corpus")
+            say(f"quickstart [1/6] making a {budget.size} model and its tokenizer from the built-in corpus")
             corpus_txt = write_corpus(out / "data" / "corpus.txt", budget.corpus_docs, budget.seed)
             from ..models.tiny import init_model
 
             init_model(out / "base-init", size=budget.size, corpus=[corpus_txt], seed=budget.seed)
         with _timed(t, "pretrain"):
-            say(f"quickstart [2/5] pre-training on {corpus_txt} for {budget.pretrain_steps} steps")
+            say(f"quickstart [2/6] pre-training on {corpus_txt} for {budget.pretrain_steps} steps")
             pretrain = _train(pretrain_config(out, corpus_txt, budget))
             samples = pretrain_samples(out / "pretrain" / "model")
             write_report(out / "pretrain", {**pretrain, "sections": [samples_section(samples)]})
         with _timed(t, "task"):
-            say("quickstart [3/5] writing the instruction task (past tense; the eval sentences are held out)")
+            say("quickstart [3/6] writing the instruction task (past tense; the eval sentences are held out)")
             train_rows, eval_rows = past_tense_task(budget.task_train, budget.task_eval, seed=budget.seed)
             train_file = write_jsonl(out / "data" / "task_train.jsonl", train_rows)
             eval_file = write_jsonl(out / "data" / "task_eval.jsonl", eval_rows)
         with _timed(t, "sft"):
-            say(f"quickstart [4/5] LoRA fine-tuning on {train_file} for {budget.sft_steps} steps")
+            say(f"quickstart [4/6] LoRA fine-tuning on {train_file} for {budget.sft_steps} steps")
             sft = _train(sft_config(out, train_file, eval_file, budget))
         with _timed(t, "evaluate"):
-            say(f"quickstart [5/5] answering {len(eval_rows)} held-out prompts without and with the adapter")
+            say(f"quickstart [5/6] answering {len(eval_rows)} held-out prompts without and with the adapter")
             result = before_after(out / "pretrain" / "model", out / "sft" / "adapter", eval_rows, eval_file, budget)
             result["n_train"] = len(train_rows)
             write_report(out / "sft", {**sft, "sections": [result_section(result)]})
+        with _timed(t, "dpo"):
+            say(f"quickstart [6/6] DPO with LoRA on the SFT model, {budget.dpo_steps} steps on correct vs wrong answers")
+            dpo = run_dpo_stage(out, budget, _train)
+            write_report(out / "dpo", {**dpo.pop("summary"), "sections": [dpo_section(dpo)] + _dpo_metrics_sections(out)})
+            result["dpo"] = dpo
     finally:
         torch.set_num_threads(threads)
 
@@ -122,6 +136,12 @@ def run_quickstart(out: str | Path, overwrite: bool = False, budget: str | Budge
     write_readme(out, result)
     print(summary_text(result), flush=True)
     return result
+
+
+def _dpo_metrics_sections(out: Path) -> list:
+    from ..objectives.preference_report import report_sections
+
+    return report_sections(out / "dpo", "dpo (sigmoid)")
 
 
 def _claim(out: Path, overwrite: bool) -> None:
@@ -207,7 +227,7 @@ def _train(cfg) -> dict:
 def pretrain_samples(model_dir: Path) -> list[tuple[str, str]]:
     from transformers import AutoModelForCausalLM
 
-    from ..evaluation import greedy_generate
+    from ..evaluate.generation import greedy_generate
     from ..models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(model_dir))
@@ -224,7 +244,9 @@ def before_after(base_dir: Path, adapter_dir: Path, eval_rows: list[dict], eval_
     from transformers import AutoModelForCausalLM
 
     from ..config import DataConfig
-    from ..evaluation import answer_loss, exact_match, greedy_answers
+    from ..evaluate.generation import greedy_answers
+    from ..evaluate.loglik import answer_loss
+    from ..evaluate.metrics import exact_match
     from ..models.loading import load_tokenizer
 
     tokenizer = load_tokenizer(str(base_dir))
@@ -250,5 +272,5 @@ def _paths(out: Path) -> dict[str, str]:
         "report": str(out / "sft" / "report.md"), "loss_png": str(out / "sft" / "loss.png"),
         "adapter": str(out / "sft" / "adapter"), "pretrain_report": str(out / "pretrain" / "report.md"),
         "pretrain_loss_png": str(out / "pretrain" / "loss.png"), "pretrained_model": str(out / "pretrain" / "model"),
-        "readme": str(out / "README.md"),
+        "readme": str(out / "README.md"), "dpo_report": str(out / "dpo" / "report.md"),
     }

@@ -63,10 +63,23 @@ def summary_text(result: dict) -> str:
         f"  task: {result['task']} ({result['n_eval']} held-out sentences)",
         f"  exact match: {b['accuracy']:.0%} before -> {a['accuracy']:.0%} after LoRA "
         f"(eval loss {b['eval_loss']:.2f} -> {a['eval_loss']:.2f})",
+        *([f"  DPO: held-out preference accuracy {result['dpo']['before']['accuracy']:.0%} -> "
+           f"{result['dpo']['after']['accuracy']:.0%} (report {p['dpo_report']})"] if "dpo" in result else []),
         f"  report: {p['report']}",
         f"  loss curves: {p['loss_png']}, {p['pretrain_loss_png']}",
         f"  everything: {p['readme']}",
     ])
+
+
+def _dpo_readme(result: dict) -> str:
+    if "dpo" not in result:
+        return ""
+    d = result["dpo"]
+    return (f"\nThen DPO on the SFT model (`sft-merged/`, {d['steps']} steps, {d['n_train']} correct-vs-wrong pairs, "
+            f"{result['timings_s'].get('dpo', 0):.0f} s): on {d['n_eval']} held-out pairs the model prefers the correct "
+            f"answer in {100 * d['before']['accuracy']:.1f}% before and {100 * d['after']['accuracy']:.1f}% after "
+            f"(mean log-prob margin {d['before']['mean_margin']:.2f} -> {d['after']['mean_margin']:.2f}); "
+            "see [`dpo/report.md`](dpo/report.md).\n")
 
 
 def write_readme(out: Path, result: dict) -> Path:
@@ -87,7 +100,7 @@ with `tunesmith train <run>/config.yaml --overwrite`.
 | eval loss (answer tokens) | {b['eval_loss']:.4f} | {a['eval_loss']:.4f} |
 
 Examples and loss curves: [`sft/report.md`](sft/report.md).
-
+{_dpo_readme(result)}
 ## What ran, and where it went
 
 | step | time | output |

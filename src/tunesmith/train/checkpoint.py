@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from . import fsdp
 from .metrics import plain_permissions
 
 MANIFEST = "manifest.json"
@@ -70,20 +71,28 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, rank: int = 0,
                     world_size: int = 1, barrier=lambda: None) -> Path:
-    """Every rank writes its RNG state; rank 0 writes the rest and commits with the rename."""
+    """Every rank writes its RNG state; rank 0 writes the rest and commits with the rename.
+    A sharded (FSDP) model's weights and optimizer state are gathered first, on every rank."""
     final = ckpt_root / f"step-{step}"
     tmp = ckpt_root / f".tmp-step-{step}"
+    sharded = fsdp.is_sharded(model)
+    if sharded:  # collectives: every rank takes part, rank 0 receives
+        weights = fsdp.full_trainable_state(model)
+        optim_state = fsdp.full_optimizer_state(model, getattr(optimizer, "optimizer", optimizer))
+    else:
+        weights, optim_state = None, None
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
     torch.save(rng_state(), tmp / f"rng-{rank}.pt")
     if rank == 0:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights if sharded else trainable_state(model), str(tmp / "trainable.safetensors"))
         plain_permissions(tmp / "trainable.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optim_state if sharded else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "world_size": world_size}, indent=2))
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "world_size": world_size,
+                                                    "optimizer_format": "by_name" if sharded else "by_index"}, indent=2))
     barrier()
     if rank == 0:
         files = sorted(p for p in tmp.iterdir() if p.is_file())
@@ -144,15 +153,24 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> d
     expected = {n for n, p in params.items() if p.requires_grad}
     if set(weights) != expected:
         raise RuntimeError(f"checkpoint {ckpt} does not fit this model: {len(set(weights) ^ expected)} parameter names differ")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True))
+    saved = json.loads((ckpt / "state.json").read_text())
+    sharded = fsdp.is_sharded(model)
+    if (saved.get("optimizer_format", "by_index") == "by_name") != sharded:
+        raise RuntimeError(f"checkpoint {ckpt} was written by a {'sharded' if not sharded else 'non-sharded'} run; "
+                           "resume with the same `train.fsdp` setting")
+    optim_state = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    if sharded:
+        fsdp.load_sharded(model, getattr(optimizer, "optimizer", optimizer), weights, optim_state)
+    else:
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t)
+        optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng_file = ckpt / f"rng-{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((ckpt / "state.json").read_text())
+    return saved
 
 
 def prune(ckpt_root: Path, keep: int) -> None:

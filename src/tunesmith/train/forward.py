@@ -22,6 +22,10 @@ def base_causal_lm(model):
     return get_base() if callable(get_base) else model
 
 
+def _is_prompt_learning(model) -> bool:
+    return getattr(getattr(model, "peft_config", {}).get("default", None), "is_prompt_learning", False)
+
+
 class CausalLMLoss(nn.Module):
     def __init__(self, model: nn.Module, chunk_size: int = 2048):
         super().__init__()
@@ -33,8 +37,7 @@ class CausalLMLoss(nn.Module):
         head = base.get_output_embeddings()
         cfg = base.config
         plain_head = type(head) is nn.Linear  # a LoRA-wrapped or modules_to_save head takes the plain path
-        prompt_learning = getattr(getattr(self.model, "peft_config", {}).get("default", None), "is_prompt_learning", False)
-        if self.chunk_size <= 0 or not plain_head or prompt_learning or getattr(cfg, "logit_scale", None):
+        if self.chunk_size <= 0 or not plain_head or _is_prompt_learning(self.model) or getattr(cfg, "logit_scale", None):
             return None
         return base.get_decoder(), head
 
@@ -43,7 +46,12 @@ class CausalLMLoss(nn.Module):
         targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
         parts = self._fusable()
         if parts is None:
-            logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits  # (B, T, V)
+            # Prompt-learning PEFT models number positions themselves (virtual tokens first); packing is refused
+            # for them in config validation, so the rows here are single sequences and nothing is lost.
+            pos = None if _is_prompt_learning(self.model) else position_ids
+            logits = self.model(input_ids=input_ids, position_ids=pos, use_cache=False).logits  # (B, P+T, V)
+            # Prompt/P-tuning prepend P virtual tokens: their outputs predict nothing and are dropped here.
+            logits = logits[:, logits.shape[1] - input_ids.shape[1]:]  # (B, T, V)
             return cross_entropy_sum(logits[:, :-1].flatten(0, 1), targets.flatten())
         decoder, head = parts
         hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)

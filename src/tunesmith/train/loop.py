@@ -21,6 +21,7 @@ from ..config import RunConfig
 from ..data.packing import Row, collate
 from ..errors import TrainingError
 from . import checkpoint as ckpt
+from .fsdp import as_float, no_grad_sync
 from .sampler import StepSampler
 
 
@@ -73,24 +74,62 @@ def _real_tokens(rows: list[Row]) -> int:
     return sum(len(r) for r in rows)
 
 
+def _collate_fn(objective) -> Callable:
+    """The objective's own batching (preference pairs, ...) or the token rows of SFT/pretraining."""
+    return getattr(objective, "collate", None) or collate
+
+
+def _add_metrics(into: dict, metrics: dict) -> None:
+    """Objectives report metrics as {name: (sum, count)}; sums and counts add over micro-batches."""
+    for k, (total, n) in metrics.items():
+        s, c = into.get(k, (0.0, 0))
+        into[k] = (s + float(total), c + n)
+
+
+def _mean_metrics(acc, sums: dict, prefix: str = "") -> dict:
+    if not sums:
+        return {}
+    keys = sorted(sums)
+    t = acc.reduce(torch.tensor([v for k in keys for v in sums[k]], dtype=torch.float64, device=acc.device), reduction="sum")
+    return {f"{prefix}{k}": (t[2 * i] / t[2 * i + 1]).item() for i, k in enumerate(keys) if t[2 * i + 1] > 0}
+
+
 @torch.no_grad()
-def evaluate(parts: LoopParts, cfg: RunConfig) -> tuple[float, int]:
-    """Token-weighted mean loss over the eval rows, sharded across processes."""
+def evaluate_with_metrics(parts: LoopParts, cfg: RunConfig) -> tuple[float, int, dict]:
+    """Unit-weighted mean loss over the eval rows, sharded across processes, and the objective's
+    metrics as `eval_<name>`."""
     acc, model = parts.accelerator, parts.model
     if not parts.eval_rows:
-        return math.nan, 0
+        return math.nan, 0, {}
     model.eval()
     mine = parts.eval_rows[acc.process_index :: acc.num_processes]
     total = torch.zeros(2, dtype=torch.float64, device=acc.device)
+    sums: dict = {}
     mb = cfg.train.micro_batch_size
-    for i in range(0, len(mine), mb):
-        batch = _to(collate(mine[i : i + mb], parts.pad_id), acc.device)
+    # Every rank runs the same number of forwards: FSDP all-gathers parameters inside each one, so a
+    # rank with one batch fewer would leave the others waiting. The extra batch repeats a row and is
+    # not counted.
+    n_batches = math.ceil(math.ceil(len(parts.eval_rows) / acc.num_processes) / mb)
+    for b in range(n_batches):
+        rows = mine[b * mb : (b + 1) * mb]
+        counted = bool(rows)
+        batch = _to(_collate_fn(parts.objective)(rows or parts.eval_rows[:1], parts.pad_id), acc.device)
         with _autocast(cfg, acc.device):
-            loss_sum, _ = parts.objective.step(model, batch)
+            loss_sum, metrics = parts.objective.step(model, batch)
+        if not counted:
+            continue
+        _add_metrics(sums, metrics)
         total += torch.tensor([loss_sum.item(), parts.objective.loss_units(batch)], dtype=torch.float64, device=acc.device)
     total = acc.reduce(total, reduction="sum")
     model.train()
-    return (total[0] / total[1]).item() if total[1] > 0 else math.nan, int(total[1])
+    loss = (total[0] / total[1]).item() if total[1] > 0 else math.nan
+    return loss, int(total[1]), _mean_metrics(acc, sums, "eval_")
+
+
+def evaluate(parts: LoopParts, cfg: RunConfig) -> tuple[float, int]:
+    """Token-weighted mean loss over the eval rows, sharded across processes."""
+    loss, units, _ = evaluate_with_metrics(parts, cfg)
+    return loss, units
 
 
 def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: int, save_final_checkpoint: bool = True) -> LoopState:
@@ -107,7 +146,7 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
     while state.step < total_steps:
         t0 = time.perf_counter()
         rows = [[parts.train_rows[i] for i in idx] for idx in sampler.micro_batches(state.step)]
-        batches = [_to(collate(r, parts.pad_id), acc.device) for r in rows]
+        batches = [_to(_collate_fn(objective)(r, parts.pad_id), acc.device) for r in rows]
         # The normaliser of the whole optimizer step: label tokens of every micro-batch on every process.
         local = torch.tensor([sum(objective.loss_units(b) for b in batches), sum(_real_tokens(r) for r in rows)],
                              dtype=torch.float64, device=acc.device)
@@ -116,9 +155,10 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
             raise TrainingError(f"step {state.step + 1}: no label tokens in the whole batch; check the data's label masking")
 
         loss_sum_local = torch.zeros((), dtype=torch.float64, device=acc.device)
+        metric_sums: dict = {}
         for m, batch in enumerate(batches):
             # Gradients are all-reduced only on the last micro-batch of the step.
-            sync = contextlib.nullcontext() if m == len(batches) - 1 else acc.no_sync(model)
+            sync = contextlib.nullcontext() if m == len(batches) - 1 else no_grad_sync(model, acc)
             with sync:
                 with _autocast(cfg, acc.device):
                     loss_sum, metrics = objective.step(model, batch)
@@ -126,11 +166,12 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
                 loss = loss_sum * acc.num_processes / global_units
                 (scaler.scale(loss) if scaler else loss).backward()
             loss_sum_local += loss_sum.detach().double()
+            _add_metrics(metric_sums, metrics)
 
         step_loss = (acc.reduce(loss_sum_local, reduction="sum") / global_units).item()
         if scaler:
             scaler.unscale_(opt)
-        grad_norm = float(acc.clip_grad_norm_(trainable, clip))
+        grad_norm = as_float(acc.clip_grad_norm_(trainable, clip))
         if not (math.isfinite(step_loss) and math.isfinite(grad_norm)) and scaler is None:
             last = ckpt.list_checkpoints(ckpt_root)
             raise TrainingError(
@@ -155,6 +196,7 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
         record = {"step": state.step, "epoch": round(sampler.epoch_of(state.step), 4), "loss": step_loss, "lr": lr,
                   "grad_norm": grad_norm, "tokens": state.tokens, "tokens_per_s": round(global_tokens / dt, 1),
                   "elapsed_s": round(state.elapsed_s, 3)}
+        record.update(_mean_metrics(acc, metric_sums))
 
         if tc.eval_every and state.step % tc.eval_every == 0 and state.step < total_steps:
             record.update(_eval_and_track(parts, cfg, state))
@@ -180,14 +222,14 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
 
 
 def _eval_and_track(parts: LoopParts, cfg: RunConfig, state: LoopState) -> dict:
-    eval_loss, eval_tokens = evaluate(parts, cfg)
+    eval_loss, eval_tokens, eval_metrics = evaluate_with_metrics(parts, cfg)
     state.last_eval = eval_loss
     if eval_loss < state.best_eval - cfg.train.early_stopping_min_delta:
         state.best_eval, state.best_eval_step, state.bad_evals = eval_loss, state.step, 0
     else:
         state.bad_evals += 1
     parts.progress.write(f"step {state.step}: eval loss {eval_loss:.4f} (best {state.best_eval:.4f} at step {state.best_eval_step})")
-    return {"eval_loss": eval_loss, "eval_tokens": eval_tokens}
+    return {"eval_loss": eval_loss, "eval_tokens": eval_tokens, **eval_metrics}
 
 
 def _checkpoint(parts: LoopParts, state: LoopState, keep: int) -> None:

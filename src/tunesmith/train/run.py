@@ -19,15 +19,17 @@ from typing import Callable
 
 import torch
 
-from ..adapters import apply_adapter
+from ..adapter_counts import closed_form_trainable
+from ..adapters import apply_adapter, save_adapter
 from ..config import RunConfig, load_config
 from ..data.pipeline import prepare_data
 from ..errors import ConfigError, TrainingError, UserError
 from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
 from ..objectives import get_objective
 from . import checkpoint as ckpt
+from . import fsdp
 from .forward import CausalLMLoss, base_causal_lm
-from .loop import LoopParts, LoopState, evaluate, train_loop
+from .loop import LoopParts, LoopState, evaluate_with_metrics, train_loop
 from .metrics import MetricsLog, Progress, fmt_count, plain_permissions
 from .optim import build_optimizer, build_scheduler
 from .report import write_report
@@ -73,10 +75,11 @@ def claim_run_dir(cfg: RunConfig, overwrite: bool, resume: bool) -> Path:
     return run_dir
 
 
-def build_model(cfg: RunConfig, device: torch.device):
-    """Base model (maybe quantized) + adapter, with trainable parameters in fp32."""
+def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
+    """Base model (maybe quantized) + adapter, with trainable parameters in fp32. head="score": the
+    causal backbone with a scalar head (sequence classification), for reward models."""
     compute = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16 if cfg.train.precision == "fp16" else torch.float32
-    model = load_model(cfg.model, compute_dtype=compute, device=device)
+    model = load_model(cfg.model, compute_dtype=compute, device=device, head=head)
     gc_kwargs = {"use_reentrant": False}  # reentrant checkpointing leaves LoRA B at zero (PITFALLS 14)
     if cfg.model.quantization != "none":
         from peft import prepare_model_for_kbit_training
@@ -87,7 +90,10 @@ def build_model(cfg: RunConfig, device: torch.device):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     if cfg.adapter.type == "none":
         model.requires_grad_(True)
-    model = apply_adapter(model, cfg.adapter)
+    else:
+        expected, formula = closed_form_trainable(model, cfg.adapter)
+        say(f"adapter: {cfg.adapter.type}, closed form {formula} = {expected:,} trainable parameters")
+    model = apply_adapter(model, cfg.adapter, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM")
     # Master weights: whatever trains is fp32, whatever the storage dtype (PITFALLS 13).
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
@@ -102,18 +108,19 @@ def _peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path) -> Path:
+def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dict | None = None) -> Path:
     """adapter/ (PEFT format) or model/ (safetensors in the storage dtype), with the tokenizer and its
-    chat template, written into a temp dir and renamed into place."""
+    chat template, written into a temp dir and renamed into place. `full_state`: the gathered state
+    dict of a sharded (FSDP) model, whose own parameters are only this rank's shards."""
     name = "model" if cfg.adapter.type == "none" else "adapter"
     final, tmp = run_dir / name, run_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     if cfg.adapter.type == "none":
         dtype = resolve_dtype(cfg.model.dtype)
-        state = {k: v.detach().to(dtype) for k, v in model.state_dict().items()}
+        state = {k: v.detach().to(dtype) for k, v in (full_state or model.state_dict()).items()}
         model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
     else:
-        model.save_pretrained(tmp, safe_serialization=True)
+        save_adapter(model, tmp, full_state)
     tokenizer.save_pretrained(tmp)
     for p in tmp.iterdir():
         if p.is_file():
@@ -138,6 +145,8 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
     acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
+    if acc.num_processes > 1:
+        say(f"distributed: {acc.distributed_type.value} over {acc.num_processes} processes ({acc.device.type})")
     t_begin = time.time()
 
     run_dir = claim_run_dir(cfg, overwrite, resume) if main else Path(cfg.output_dir)
@@ -147,7 +156,10 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     torch.manual_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
-    data = prepare_data(cfg.data, tokenizer, seed=cfg.train.seed)
+    objective = get_objective(cfg.method, cfg)
+    # An objective with its own kind of data (preference pairs, ...) prepares it; otherwise token rows.
+    own_data = getattr(objective, "prepare_data", None)
+    data = own_data(tokenizer, cfg.train.seed) if own_data else prepare_data(cfg.data, tokenizer, seed=cfg.train.seed)
     for note in data.notes:
         say(f"data: {note}")
     ex = data.stats["examples"]
@@ -161,12 +173,22 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
                           "(micro_batch_size x grad_accum_steps x processes); lower them or add data")
     total_steps = sampler.total_steps(cfg.train.epochs, cfg.train.max_steps)
 
-    model = build_model(cfg, acc.device)
+    head = getattr(objective, "head", "causal")  # "score": a reward model's scalar head
+    model = build_model(cfg, acc.device) if head == "causal" else build_model(cfg, acc.device, head=head)
+    if head == "score":
+        base_causal_lm(model).config.pad_token_id = pad_id
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise TrainingError("no parameter is trainable; check adapter.type and adapter.target_modules")
-    say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%)")
-    wrapper = CausalLMLoss(model, cfg.train.loss_chunk_size)
+    say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%; {trainable:,} exactly)")
+    wrap = getattr(objective, "wrap", None)
+    wrapper = wrap(model, cfg.train.loss_chunk_size) if wrap else CausalLMLoss(model, cfg.train.loss_chunk_size)
+    if hasattr(objective, "setup"):  # the reference model / log-probs, before a checkpoint moves the weights
+        objective.setup(wrapper, data, pad_id, acc.device, say)
+    # FSDP shards before the optimizer exists, so the optimizer holds the sharded parameters.
+    own_fsdp = cfg.train.fsdp and acc.num_processes > 1 and acc.distributed_type.value != "FSDP"
+    if own_fsdp:
+        fsdp.shard(wrapper, fsdp.decoder_layers(model))
     optimizer = build_optimizer(wrapper, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
 
@@ -179,19 +201,22 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
             saved = ckpt.load_checkpoint(found, wrapper, optimizer, scheduler, rank=acc.process_index)
             state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
             say(f"resumed from {found} (step {state.step})")
-    wrapper, optimizer = acc.prepare(wrapper, optimizer)
+    if own_fsdp:  # accelerate would wrap the sharded module in DDP as well
+        optimizer = acc.prepare(optimizer)
+    else:
+        wrapper, optimizer = acc.prepare(wrapper, optimizer)
 
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=state.step) if main else None
     trackers = Trackers(cfg.train.report_to if main else [], run_dir, cfg.model_dump(mode="json"), run_dir.name)
     progress = Progress(total_steps, initial=state.step, enabled=cfg.train.progress and main)
-    parts = LoopParts(wrapper, get_objective(cfg.method, cfg), optimizer, scheduler, acc, data.train, data.eval, pad_id,
+    parts = LoopParts(wrapper, objective, optimizer, scheduler, acc, data.train, data.eval, pad_id,
                       run_dir, log, progress, trackers, list(callbacks or []))
     try:
         state = train_loop(parts, cfg, state, total_steps)
-        final_eval, _ = evaluate(parts, cfg)
+        final_eval, _, final_metrics = evaluate_with_metrics(parts, cfg)
         if data.eval and main:
-            log.log({"step": state.step, "eval_loss": final_eval})
-            parts.trackers.log({"eval_loss": final_eval}, state.step)
+            log.log({"step": state.step, "eval_loss": final_eval, **final_metrics})
+            parts.trackers.log({"eval_loss": final_eval, **final_metrics}, state.step)
     finally:
         progress.close()
         trackers.close()
@@ -199,6 +224,10 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
             log.close()
 
     model = acc.unwrap_model(wrapper).model
+    # A sharded model is gathered into full tensors first (a collective: every rank calls it).
+    full_state = None
+    if fsdp.is_sharded(wrapper):
+        full_state = {k.removeprefix("model."): v for k, v in fsdp.full_model_state(acc.unwrap_model(wrapper)).items()}
     acc.wait_for_everyone()
     summary = {
         "name": run_dir.name, "method": cfg.method, "model": cfg.model.path,
@@ -206,10 +235,12 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
         "trainable_params": trainable, "total_params": total, "steps": state.step, "max_steps": total_steps,
         "tokens": state.tokens, "duration_s": round(time.time() - t_begin, 2), "peak_memory_bytes": _peak_memory(acc.device),
         "stop_reason": state.stop_reason, "final_loss": state.last_loss, "final_eval_loss": final_eval,
-        "data": data.stats, "notes": data.notes, "run_dir": str(run_dir),
+        "data": data.stats, "notes": data.notes, "run_dir": str(run_dir), "final_eval_metrics": final_metrics,
     }
     if main:
-        summary["output"] = str(save_result(cfg, model, tokenizer, run_dir))
+        summary["output"] = str(save_result(cfg, model, tokenizer, run_dir, full_state))
+        if hasattr(objective, "report_sections"):  # e.g. the preference curves and table
+            summary["sections"] = summary.get("sections", []) + objective.report_sections(run_dir)
         write_report(run_dir, summary)
         say(f"done: {state.stop_reason}; final loss {state.last_loss:.4f}; result in {summary['output']}; report {run_dir / 'report.md'}")
     acc.wait_for_everyone()

@@ -1,0 +1,1 @@
+"""Adapter merge and model merging (linear, SLERP, task arithmetic, TIES, DARE)."""
