@@ -8,7 +8,7 @@ PY          := $(VENV)/bin/python
 PIP         := $(PY) -m pip --disable-pip-version-check -q
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
-# llama-cpp-python (test extra) compiles llama.cpp: portable x86-64 (AVX2, no -march=native), no tests/examples.
+# llama-cpp-python (gguf extra) compiles llama.cpp: portable x86-64 (AVX2, no -march=native), no tests/examples.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
 
 .PHONY: demo test test-all install bench clean
@@ -20,6 +20,9 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install "$(TORCH_SPEC)" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PIP) install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	# GGUF export's llama.cpp (compiles, 10-20 min once, then pip's wheel cache); its own step, so a
+	# failed build leaves the rest installed and the llama.cpp tests skip with their reason.
+	$(PIP) install -e ".[gguf]" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import tunesmith, torch, transformers, peft, bitsandbytes" 
 	touch $(STAMP)
 

@@ -7,7 +7,8 @@ Needs llama-cpp-python (`pip install -e '.[gguf]'`). Prints a table, writes
 bench/results/gguf_quants.json and the table into bench/README.md.
 
 The model: a Llama whose widths split into llama.cpp's 256-wide K-quant super-blocks (hidden 256,
-intermediate 768, 4 layers, 4 query / 2 KV heads, head dim 64, vocabulary 2048; 4.2 M parameters),
+intermediate 768, 4 layers, 4 query / 2 KV heads, head dim 64, a BPE vocabulary trained on the
+built-in corpus: ~3.6 M parameters),
 so every K-quant type stores real K-quant tensors rather than the fallbacks used for rows that do
 not split (the 64-wide test model gets Q5_0/Q8_0 in a "Q4_K_M" file). It is pre-trained here for
 `--steps` steps on the built-in corpus with `tunesmith train` (so perplexity means something: an
@@ -132,6 +133,7 @@ def main() -> None:
         work = Path(tmp)
         model = build_model(work, args.steps)
         tok = AutoTokenizer.from_pretrained(model)
+        args.vocab = len(tok)
         prompt = [i for w in eval_windows(tok, None, window=128, max_windows=4) for i in w][:256]
         hf_gen, hf_pp = time_hf(model, prompt, args.threads)
         rows = []
@@ -175,11 +177,14 @@ def render(rows: list[dict], hf_gen: float, hf_pp: float, args, seconds: float) 
                      f"{r['greedy_same_prefix']}/16 | {r['gen_tok_s']:,.0f} | **{r['gen_tok_s'] / hf_gen:.1f}x** | "
                      f"{r['pp_tok_s']:,.0f} |")
     lines.append(f"| transformers fp32 | | | | | | | | {hf_gen:,.0f} | 1.0x | {hf_pp:,.0f} |")
-    lines += ["", f"Model: Llama 4.2 M parameters (hidden 256, ffn 768, 4 layers, GQA 4/2, vocab 2048) pre-trained "
+    params = 2 * args.vocab * 256 + 4 * (2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 768 + 2 * 256) + 256
+    lines += ["", f"Model: Llama {params / 1e6:.2f} M parameters (hidden 256, ffn 768, 4 layers, GQA 4/2, vocab "
+              f"{args.vocab}: all the BPE trainer finds in the built-in corpus) pre-trained "
               f"{args.steps} steps on the built-in corpus; perplexity on 8 x 128 held-out tokens; greedy identical = "
               f"shortest identical prefix of 16 greedy tokens over 5 prompts; {args.threads} thread(s) on a shared "
               f"2-core CPU. Versions: llama-cpp-python {llama_cpp.__version__}, transformers {transformers.__version__}. "
-              "Per-type tensor types: `bench/results/gguf_quants.json`.", ""]
+              "Per-type tensor types: `bench/results/gguf_quants.json`. tok/s are single runs' medians on a "
+              "machine shared with other jobs (load average 6-11 on 2 cores during this run): treat them as noisy.", ""]
     return "\n".join(lines)
 
 

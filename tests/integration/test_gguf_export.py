@@ -3,7 +3,8 @@
 tiny model -> SFT (full fine-tuning, so the result is a merged transformers directory) -> GGUF F16,
 Q8_0, Q4_K_M -> llama.cpp loads each; F16/Q8_0 greedy tokens equal transformers' token for token,
 Q4_K_M reports agreement and perplexity; the chat template in the file renders like the tokenizer's.
-The verifier itself is shown to fail on a broken file (Q/K permutation left out).
+Qwen2, Mistral and Qwen2/Llama-3 style pre-tokenizers load and verify too. The verifier itself is
+shown to fail on broken files (Q/K permutation left out; wrong pre-tokenizer name).
 """
 
 from __future__ import annotations
@@ -171,3 +172,58 @@ def test_llama_cpp_q4_0_and_q8_0_blocks_equal_gguf_quants(tiny_dir, tok, tmp_pat
         assert t.tensor_type == qtype
         want = gguf.quants.quantize(f32["blk.0.attn_q.weight"], qtype)
         assert np.array_equal(np.asarray(t.data).reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("pre,arch", [("qwen2", "qwen2"), ("llama-bpe", "llama")])
+def test_split_regex_tokenizers_tokenize_identically_in_llama_cpp(tmp_path, pre, arch):
+    """Qwen2- and Llama-3-style pre-tokenizers: the file names the right `tokenizer.ggml.pre`, and
+    llama.cpp splits digits, spaces, newlines and unicode exactly as the tokenizer does."""
+    from gguf_variants import make_split_regex_model
+
+    from tunesmith.export.gguf_write import PRE_TOKENIZERS
+
+    regex = next(r for r, name in PRE_TOKENIZERS.items() if name == pre)
+    src = make_split_regex_model(tmp_path / pre, regex, arch)
+    res = export_gguf(src, tmp_path / f"{pre}.gguf", quant="F32")
+    assert gguf.GGUFReader(res.gguf).fields["tokenizer.ggml.pre"].contents() == pre
+    assert res.verification["passed"], res.verification["failures"]
+    assert gguf.GGUFReader(res.gguf).fields["tokenizer.ggml.add_bos_token"].contents() is False
+
+
+def test_a_wrong_pre_tokenizer_name_fails_verification(tmp_path, monkeypatch):
+    """Label a Qwen2-style tokenizer `gpt-2`: llama.cpp then splits "\\n" and digits differently,
+    and the tokenizer check stops the export."""
+    from gguf_variants import make_split_regex_model
+
+    from tunesmith.export.gguf_write import PRE_TOKENIZERS
+
+    regex = next(r for r, name in PRE_TOKENIZERS.items() if name == "qwen2")
+    src = make_split_regex_model(tmp_path / "m", regex, "qwen2")
+    monkeypatch.setattr(gguf_write, "pre_tokenizer_name", lambda tok_json, where: "gpt-2")
+    with pytest.raises(VerificationError, match="llama.cpp tokenizes .* differently from transformers"):
+        export_gguf(src, tmp_path / "x.gguf", quant="F32")
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_lora_sft_then_merge_then_gguf(sft_model, alpaca64, held_out, tmp_path):
+    """The whole chain a user runs: LoRA SFT on a fine-tuned model -> `tunesmith merge` ->
+    `tunesmith export` (Q8_0), and llama.cpp reproduces the merged model's greedy tokens. (On a
+    barely trained model greedy paths part at exact near-ties, margin ~2e-3 logits: the verifier
+    tolerates those, see NEAR_TIE; this model is sharp enough to need no tolerance.)"""
+    from tunesmith import api
+
+    cfg = {
+        "model": {"path": str(sft_model), "dtype": "fp32"},
+        "data": {"train": [str(alpaca64)], "format": "alpaca", "max_length": 128},
+        "adapter": {"type": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"precision": "fp32", "max_steps": 30, "lr": 5e-3, "micro_batch_size": 8, "grad_accum_steps": 1,
+                  "warmup_steps": 0, "save_every": 0, "progress": False, "seed": 0},
+        "output_dir": str(tmp_path / "run"),
+    }
+    (tmp_path / "lora.yaml").write_text(yaml.safe_dump(cfg))
+    train(tmp_path / "lora.yaml", [])
+    api.merge(tmp_path / "merged", base=sft_model, adapter=tmp_path / "run" / "adapter")
+    res = export_gguf(tmp_path / "merged", tmp_path / "merged.Q8_0.gguf", quant="Q8_0", eval_file=held_out)
+    v = res.verification
+    assert v["passed"], v["failures"]
+    assert all(g["hf"] == g["gguf"] for g in v["greedy"]), v["greedy"]

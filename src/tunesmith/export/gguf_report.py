@@ -51,7 +51,8 @@ def report_text(result, model_dir: Path) -> str:
         "|---|---|---|---|",
     ]
     for g in v["greedy"]:
-        lines.append(f"| `{_cell(g['prompt'], 45, keep_end=True)}` | {g['same_prefix']}/{len(g['hf'])} | `{_cell(g['hf_text'])}` | "
+        parted = f" (parts at a gap of {g['margin']:.3f} logits)" if g["same_prefix"] < len(g["hf"]) else ""
+        lines.append(f"| `{_cell(g['prompt'], 45, keep_end=True)}` | {g['same_prefix']}/{len(g['hf'])}{parted} | `{_cell(g['hf_text'])}` | "
                      f"`{_cell(g['gguf_text'])}` |")
     if v["failures"]:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in v["failures"]]
