@@ -122,6 +122,8 @@ def test_quantize_cli(tmp_path, tiny_dir, method, capsys):
 
 
 def test_quantize_refuses_bad_input(tmp_path, tiny_dir, capsys):
+    assert main(["quantize", "--model", str(tiny_dir), "--out", str(tmp_path / "a"), "--method", "q4"]) == 2
+    assert "use one of int8, nf4, gptq, awq" in capsys.readouterr().err
     assert main(["quantize", "--model", str(tiny_dir), "--out", str(tmp_path / "a"), "--method", "awq", "--bits", "8"]) == 2
     assert "4-bit only" in capsys.readouterr().err
     assert main(["quantize", "--model", str(tiny_dir), "--out", str(tmp_path / "a"), "--method", "awq",

@@ -189,6 +189,8 @@ def quantize_model(model: str | Path, out: str | Path, method: str, bits: int = 
     from transformers import AutoTokenizer
 
     t0 = time.perf_counter()
+    if method not in METHODS:  # before any model is loaded
+        raise UserError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     src = check_model_dir(model, "--model")
     out = check_out(out, overwrite)
     if samples < 1:
