@@ -17,7 +17,7 @@ from .gptq import HessianAccumulator, gptq_quantize, rtn_quantize
 
 
 class _Stop(Exception):
-    pass
+    """Raised by the capture hook: the forward ends once layer 0's inputs are recorded."""
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:

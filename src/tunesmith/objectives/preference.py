@@ -62,7 +62,7 @@ class _Paired:
         return SequenceLogps(model, chunk_size or 1024)
 
     def setup(self, wrapper, data, pad_id: int, device, say=print) -> None:
-        pass
+        """A reward model has no reference model to prepare."""
 
     def report_sections(self, run_dir) -> list[tuple[str, str]]:
         return report_sections(run_dir, self.cfg.method if self.cfg.method != "dpo" else f"dpo ({self.cfg.dpo.loss})")
