@@ -21,8 +21,10 @@ scores zero. Every sentence is six tokens, so each copied word sits at a fixed o
 2-layer model learns through LoRA in a few hundred steps. Tried and dropped (tiny model, 200-400
 LoRA steps): sentences of varying shape ("The red fox ...", "... in the morning.") and reversing
 three names stayed near 0% exact match; "which name comes second?" reached ~40%. Pre-training is
-what makes the copy learnable: the same LoRA run on the untrained model scored ~0%, after 100
-pre-training steps ~5%, after 400 over 90%.
+what makes the copy learnable (the same LoRA run on the untrained model scores ~0%), and so is the
+LoRA rank: on this 64-wide model r 16 stayed at 0-7% whatever the learning rate (1e-3 to 2e-2),
+while r 64 (lr 2e-3) and full fine-tuning (lr 1e-3) both reach 100% on the 200 held-out prompts
+(measured 2026-11-23; r 16 + `modules_to_save: [embed_tokens, lm_head]` also reaches 100%).
 
 Everything is seeded (weights, corpus, task, data order) and generation is greedy, so a budget gives
 the same numbers on every run on the same machine.
@@ -59,22 +61,23 @@ class Budget:
     task_train: int = 3000
     task_eval: int = 200
     sft_steps: int = 400
-    sft_lr: float = 5e-3
-    lora_r: int = 16
+    sft_lr: float = 2e-3
+    lora_r: int = 64  # = hidden size of the tiny model: at r 16 the copy is not learned (0-7%), at 64 it is
     micro_batch_size: int = 8
     max_length: int = 256
     seed: int = 0  # the model's weights, the corpus, the task rows and the data order
     dpo_train: int = 512
     dpo_eval: int = 100
     dpo_steps: int = 60
-    dpo_lr: float = 2e-3
+    dpo_lr: float = 2e-4  # the SFT model is already right: 2e-3 widened the margin but flipped 20% of pairs
+    dpo_lora_r: int = 16
 
 
 BUDGETS = {
     "default": Budget(),
-    # For tests: a fraction of the steps, still enough for the adapter to beat the base clearly.
-    "test": Budget(corpus_docs=4000, pretrain_steps=200, task_train=1500, task_eval=100, sft_steps=200, dpo_train=256,
-                   dpo_eval=64, dpo_steps=30),
+    # For tests: the default's training (the copy is learned abruptly: 300 pre-training steps gave 12%,
+    # 400 give 100%; 200 SFT steps gave 1%), with fewer eval rows and a shorter DPO stage.
+    "test": Budget(task_eval=100, dpo_train=256, dpo_eval=64, dpo_steps=30),
 }
 
 

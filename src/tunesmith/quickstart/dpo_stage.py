@@ -69,7 +69,7 @@ def dpo_config(out: Path, train_file: Path, eval_file: Path, b):
         "model": {"path": str(out / "sft-merged")},
         "method": "dpo",
         "dpo": {"loss": "sigmoid", "beta": 0.1, "max_prompt_length": 64},
-        "adapter": {"type": "lora", "r": b.lora_r, "alpha": 2 * b.lora_r, "dropout": 0.0, "target_modules": "all-linear"},
+        "adapter": {"type": "lora", "r": b.dpo_lora_r, "alpha": 2 * b.dpo_lora_r, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": [str(train_file)], "eval": [str(eval_file)], "max_length": 128},
         "train": {"lr": b.dpo_lr, "max_steps": b.dpo_steps, "micro_batch_size": b.micro_batch_size, "warmup_steps": b.dpo_steps // 10,
                   "eval_every": max(1, b.dpo_steps // 4), "save_every": 0, "precision": "fp32", "seed": b.seed},
