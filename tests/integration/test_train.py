@@ -543,10 +543,7 @@ def test_two_processes_match_one(make_config, tmp_path):
     single = Path(train(make_config("single", **{**common, "train.micro_batch_size": 4}))["run_dir"])
 
     config = make_config("ddp", **{**common, "train.micro_batch_size": 2})
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tunesmith.cli", "train", str(config)],
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = _torchrun(config)
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp = tmp_path / "ddp"
 
