@@ -42,4 +42,6 @@ def test_fsdp_refuses_bottleneck_adapters_and_quantization():
     dict(adapter={"type": "lora"}, train={"fsdp": True}),
 ])
 def test_working_combinations_validate(sections):
-    validate_config({**BASE, **sections})
+    cfg = validate_config({**BASE, **sections})
+    assert cfg.method == sections.get("method", "sft")
+    assert cfg.adapter.type == sections["adapter"]["type"]
