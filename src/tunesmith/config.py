@@ -392,6 +392,9 @@ class RunConfig(_Section):
             raise ValueError(f"`adapter.init: {self.adapter.init}` rewrites the base weights into a residual, so the base "
                              "with the adapter disabled is no longer the reference model; use `adapter.init: default` or "
                              "`gaussian` for preference training")
+        if self.train.loss_chunk_size == 0:
+            raise ValueError(f"`train.loss_chunk_size: 0` (plain logits) is for sft/pretrain; `method: {self.method}` always "
+                             "gathers its log-probs in chunks; leave loss_chunk_size at a positive value")
         if self.method == "kto" and self.train.micro_batch_size < 2:
             raise ValueError("`method: kto` estimates the KL term from mismatched pairs within a micro-batch, so "
                              "`train.micro_batch_size` must be >= 2 (PITFALLS 10)")

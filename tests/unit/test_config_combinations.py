@@ -45,3 +45,9 @@ def test_working_combinations_validate(sections):
     cfg = validate_config({**BASE, **sections})
     assert cfg.method == sections.get("method", "sft")
     assert cfg.adapter.type == sections["adapter"]["type"]
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "reward"])
+def test_preference_methods_refuse_plain_logits(method):
+    msg = _err(method=method, train={"loss_chunk_size": 0, "micro_batch_size": 2})
+    assert "`train.loss_chunk_size: 0`" in msg and f"`method: {method}`" in msg

@@ -147,3 +147,23 @@ def test_fused_token_logps_match_full_logits(head_trains):
     torch.testing.assert_close(out, ref)
     for a, p in zip(got, params):
         torch.testing.assert_close(a, p.grad)
+
+
+def test_token_logps_chunks_follow_the_logits_budget(monkeypatch):
+    """Preference log-probs share the SFT loss's CHUNK_ELEMENTS cap: with the budget at 3 x V and
+    chunk_size 1000, rows go through in chunks of 3, and the values still equal log_softmax."""
+    import tunesmith.objectives.logps as logps
+    import tunesmith.train.losses as losses
+
+    n, h, v = 10, 8, 13
+    g = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(n, h, generator=g), torch.randn(v, h, generator=g)
+    targets = torch.randint(0, v, (n,), generator=g)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 3 * v)
+    seen = []
+    real = logps._TokenLogps.apply
+    monkeypatch.setattr(logps._TokenLogps, "apply", lambda *a: seen.append(a[4]) or real(*a))
+    got = logps.fused_linear_token_logps(hidden, weight, targets, chunk_size=1000)
+    assert seen == [3]
+    want = torch.log_softmax(hidden @ weight.T, dim=-1).gather(1, targets[:, None]).squeeze(1)
+    torch.testing.assert_close(got, want)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..train import losses
 from ..train.forward import base_causal_lm
 
 
@@ -33,7 +34,9 @@ def fused_linear_token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, bi
         hidden, weight = hidden.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     with torch.autocast(device_type, enabled=False):
-        return _TokenLogps.apply(hidden, weight, bias, targets.long(), max(1, chunk_size), torch.is_grad_enabled())
+        # The same logits budget as the SFT loss: a 128k vocabulary gets ~500-row chunks.
+        rows = max(1, min(chunk_size, losses.CHUNK_ELEMENTS // weight.shape[0]))
+        return _TokenLogps.apply(hidden, weight, bias, targets.long(), rows, torch.is_grad_enabled())
 
 
 def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

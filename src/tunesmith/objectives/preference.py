@@ -59,7 +59,7 @@ class _Paired:
         return len(batch["ends"]) // 2
 
     def wrap(self, model, chunk_size: int):
-        return SequenceLogps(model, chunk_size or 1024)
+        return SequenceLogps(model, chunk_size)
 
     def setup(self, wrapper, data, pad_id: int, device, say=print) -> None:
         """A reward model has no reference model to prepare."""
