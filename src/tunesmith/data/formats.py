@@ -257,6 +257,31 @@ _BUILDERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "t
 
 # --- files -> examples ------------------------------------------------------------------------------
 
+def read_checked(paths: list[str], parse, on_error: str, format_of) -> tuple[list, LoadReport]:
+    """Every row of every file through `parse(path, row)`; a `RowError` stops the run (on_error raise)
+    or is counted by reason with the first few kept as examples (skip). `format_of(path)` names the
+    format each file was read as. An empty file is an error."""
+    out: list = []
+    report, skipped = LoadReport(), Counter()
+    for path in paths:
+        n_before = report.rows
+        for row in read_rows(path):
+            report.rows += 1
+            try:
+                out.append(parse(path, row))
+            except RowError as e:
+                if on_error == "raise":
+                    raise
+                skipped[e.reason] += 1
+                if len(report.first_skipped) < _MAX_FIRST_SKIPPED:
+                    report.first_skipped.append(e.short)
+        if report.rows == n_before:
+            raise DataError(f"{path}: no rows found; is it the right file?")
+        report.formats[str(path)] = format_of(path)
+    report.kept, report.skipped = len(out), dict(skipped)
+    return out, report
+
+
 def load_examples(
     paths: list[str],
     fmt: str = "auto",
@@ -273,27 +298,14 @@ def load_examples(
         raise ConfigError(f"`data.on_error` is '{on_error}'; expected raise or skip")
     if not paths:
         raise DataError("no data files given; set `data.train` to one or more files")
-    examples: list[Example] = []
-    report, skipped = LoadReport(), Counter()
-    for path in paths:
-        file_fmt, n_before = fmt, report.rows
-        for row in read_rows(path):
-            report.rows += 1
-            if file_fmt == "auto":
-                file_fmt = detect_format(row, columns)
-                report.formats[str(path)] = file_fmt
-            try:
-                examples.append(to_example(row, file_fmt, columns))
-            except RowError as e:
-                if on_error == "raise":
-                    raise
-                skipped[e.reason] += 1
-                if len(report.first_skipped) < _MAX_FIRST_SKIPPED:
-                    report.first_skipped.append(e.short)
-        if report.rows == n_before:
-            raise DataError(f"{path}: no rows found; is it the right file?")
-        report.formats.setdefault(str(path), file_fmt)
-    report.kept, report.skipped = len(examples), dict(skipped)
+    file_fmt: dict[str, str] = {}
+
+    def parse(path: str, row: Row) -> Example:
+        if fmt == "auto" and path not in file_fmt:
+            file_fmt[path] = detect_format(row, columns)  # each file's format from its first row
+        return to_example(row, file_fmt.get(path, fmt), columns)
+
+    examples, report = read_checked(paths, parse, on_error, lambda path: file_fmt.get(path, fmt))
     if not examples:
         raise DataError(
             f"all {report.rows} rows were skipped as invalid; first problems:\n  " + "\n  ".join(report.first_skipped)

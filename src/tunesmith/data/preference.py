@@ -24,13 +24,12 @@ with `on_error="skip"` it is counted by reason in the `LoadReport` instead.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError, DataError
-from .formats import LoadReport, RowError, apply_columns
-from .readers import Row, read_rows
+from .formats import LoadReport, RowError, apply_columns, read_checked
+from .readers import Row
 
 PREFERENCE_FORMATS = ("auto", "explicit", "implicit", "hh")
 PAIR_NEEDS = "'prompt', 'chosen', 'rejected' (strings or message lists), or 'chosen'/'rejected' full conversations"
@@ -38,7 +37,6 @@ KTO_NEEDS = "'prompt', 'completion' (strings or message lists) and 'label' (true
 _ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
           "model": "assistant", "bot": "assistant"}
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
-_MAX_FIRST_SKIPPED = 5
 
 Messages = list[dict[str, str]]
 
@@ -231,23 +229,10 @@ def load_preference(paths: list[str], kind: str = "pairs", columns: dict[str, st
         raise ConfigError(f"`data.on_error` is '{on_error}'; expected raise or skip")
     if not paths:
         raise DataError("no data files given; set `data.train` to one or more files")
-    out, report, skipped = [], LoadReport(), Counter()
-    for path in paths:
-        before = report.rows
-        for row in read_rows(path):
-            report.rows += 1
-            try:
-                out.append(parse_kto_row(row, columns) if kind == "kto" else parse_preference_row(row, columns, fmt))
-            except RowError as e:
-                if on_error == "raise":
-                    raise
-                skipped[e.reason] += 1
-                if len(report.first_skipped) < _MAX_FIRST_SKIPPED:
-                    report.first_skipped.append(e.short)
-        if report.rows == before:
-            raise DataError(f"{path}: no rows found; is it the right file?")
-        report.formats[str(path)] = "kto" if kind == "kto" else "preference"
-    report.kept, report.skipped = len(out), dict(skipped)
+    def parse(path: str, row: Row):
+        return parse_kto_row(row, columns) if kind == "kto" else parse_preference_row(row, columns, fmt)
+
+    out, report = read_checked(paths, parse, on_error, lambda path: "kto" if kind == "kto" else "preference")
     if not out:
         raise DataError(f"all {report.rows} rows were skipped as invalid; first problems:\n  " + "\n  ".join(report.first_skipped))
     return out, report
