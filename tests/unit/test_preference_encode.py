@@ -120,10 +120,12 @@ def test_kto_batch_of_one_is_an_error(tiny_dir):
 
 def test_preference_config_errors(tiny_dir):
     base = [f"model.path={tiny_dir}", "method=dpo"]
-    with pytest.raises(ConfigError, match=r"`dpo.max_prompt_length` \(512\) must be < `data.max_length` \(256\)"):
-        load_config(None, base + ["data.max_length=256"])
+    # The default prompt budget follows data.max_length (issue 16); only an explicit one can be too long.
+    assert load_config(None, base + ["data.max_length=256"]).prompt_length() == 128
+    with pytest.raises(ConfigError, match=r"`preference.max_prompt_length` \(512\) must be < `data.max_length` \(256\)"):
+        load_config(None, base + ["data.max_length=256", "preference.max_prompt_length=512"])
     with pytest.raises(ConfigError, match=r"set `data.format: auto`"):
         load_config(None, base + ["data.format=alpaca"])
-    with pytest.raises(ConfigError, match=r"dpo.loss"):
-        load_config(None, base + ["dpo.loss=dpo2"])
-    assert load_config(None, base + ["dpo.loss=ipo"]).dpo.loss == "ipo"
+    with pytest.raises(ConfigError, match=r"preference.loss"):
+        load_config(None, base + ["preference.loss=dpo2"])
+    assert load_config(None, base + ["preference.loss=ipo"]).preference.loss == "ipo"

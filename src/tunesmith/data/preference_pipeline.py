@@ -65,7 +65,7 @@ def prepare_preference_data(cfg, tokenizer, kind: str = "pairs", seed: int = 42)
     else:
         eval_examples = []
     dropped: Counter = Counter()
-    mpl = cfg.dpo.max_prompt_length
+    mpl = cfg.prompt_length()
     train = _encode(examples, tokenizer, kind, data_cfg, mpl, dropped, notes)
     evals = _encode(eval_examples, tokenizer, kind, data_cfg, mpl, Counter(), [])
     if dropped:

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import DataConfig, EvalConfig, ModelConfig, load_config, parse_overrides, validate_config, _merge
+from ..config import DataConfig, EvalConfig, ModelConfig, load_config, parse_overrides, validate_config, merge_dicts
 from ..errors import UserError
 from ..train.run import say
 from .compare import compare
@@ -70,11 +70,11 @@ def _plan(config, overrides, model, adapter, base, tasks, out) -> Plan:
     else:
         if not model:
             raise UserError("give a run CONFIG or --model PATH (with --adapter PATH for an adapter)")
-        raw = _merge({}, parse_overrides(overrides or []))
+        raw = merge_dicts({}, parse_overrides(overrides or []))
         unknown = [k for k in raw if k != "eval"]
         if unknown:
             raise UserError(f"without a run config only eval.* overrides apply; got {unknown}")
-        ecfg = validate_config(_merge(raw.get("eval", {}), extra), EvalConfig, source="eval overrides")
+        ecfg = validate_config(merge_dicts(raw.get("eval", {}), extra), EvalConfig, source="eval overrides")
         if not out:
             raise UserError("--out DIR is required with --model (with a run CONFIG it defaults to RUN_DIR/eval)")
         if base == "auto":

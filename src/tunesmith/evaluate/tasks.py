@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..config import _Section, read_yaml, validate_config
+from ..config import Section, read_yaml, validate_config
 from ..data.readers import read_rows
 from ..errors import DataError, UserError
 
@@ -59,7 +59,7 @@ class Task:
     source: str = ""
 
 
-class TaskSpec(_Section):
+class TaskSpec(Section):
     """A task in YAML. Field values are Python format strings over the row's fields ({question})."""
 
     name: str = Field("", description="Task name in the report (default: the NAME of NAME=FILE).")

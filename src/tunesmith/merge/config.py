@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from ..config import _Section
+from ..config import Section as _Section  # public name; the classes below keep the short alias
 from .methods import MERGE_METHODS, NEEDS_BASE
 
 

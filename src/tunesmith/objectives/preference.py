@@ -65,7 +65,7 @@ class _Paired:
         """A reward model has no reference model to prepare."""
 
     def report_sections(self, run_dir) -> list[tuple[str, str]]:
-        return report_sections(run_dir, self.cfg.method if self.cfg.method != "dpo" else f"dpo ({self.cfg.dpo.loss})")
+        return report_sections(run_dir, self.cfg.method if self.cfg.method != "dpo" else f"dpo ({self.cfg.preference.loss})")
 
 
 class RewardObjective(_Paired):
@@ -90,13 +90,13 @@ class DPOObjective(_Paired):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.loss_fn, self.needs_ref = PAIR_LOSSES[cfg.dpo.loss]
+        self.loss_fn, self.needs_ref = PAIR_LOSSES[cfg.preference.loss]
         self.reference: Reference | None = None
 
     def setup(self, wrapper, data, pad_id: int, device, say=print) -> None:
         if not self.needs_ref:
             return
-        if self.cfg.dpo.precompute_ref:
+        if self.cfg.preference.precompute_ref:
             precompute(wrapper, {"train": data.train, "eval": data.eval}, self.collate, pad_id, self.cfg.train.micro_batch_size,
                        device, self.cfg, say=say, progress=self.cfg.train.progress)
             self.reference = Reference(None)
@@ -115,7 +115,7 @@ class DPOObjective(_Paired):
         if self.needs_ref:
             ref = self._ref(model, batch).to(sums.dtype)
             lp.ref_chosen, lp.ref_rejected = ref[0::2], ref[1::2]
-        losses, rc, rr = self.loss_fn(lp, self.cfg.dpo)
+        losses, rc, rr = self.loss_fn(lp, self.cfg.preference)
         return losses.sum(), _pair_metrics(rc, rr, lp.chosen, lp.rejected)
 
 
@@ -140,7 +140,7 @@ class KTOObjective(_Paired):
         ref = self.reference.logps(model, batch).to(sums.dtype)
         kl = (sums[n:].detach() - ref[n:]).mean()
         labels = batch["kto_labels"]
-        c = self.cfg.dpo
+        c = self.cfg.preference
         losses, rewards = kto_loss(sums[:n], ref[:n], labels, kl, c.beta, c.desirable_weight, c.undesirable_weight)
         good, bad = labels.float(), (~labels).float()
         lp = sums[:n].detach().float()

@@ -69,7 +69,7 @@ def cache_key(cfg, rows: dict[str, list]) -> str:
     model_dir = Path(cfg.model.path).expanduser()
     files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model_dir.glob("*") if p.is_file()) if model_dir.is_dir() else []
     h.update(json.dumps([cfg.model.path, files, cfg.model.dtype, cfg.model.quantization, cfg.train.precision,
-                         cfg.data.max_length, cfg.dpo.max_prompt_length, cfg.dpo.loss, cfg.method]).encode())
+                         cfg.data.max_length, cfg.prompt_length(), cfg.preference.loss, cfg.method]).encode())
     for split, items in rows.items():
         h.update(split.encode())
         for r in items:
@@ -80,7 +80,7 @@ def cache_key(cfg, rows: dict[str, list]) -> str:
 
 
 def cache_dir(cfg) -> Path:
-    return Path(cfg.dpo.ref_cache_dir or os.environ.get("TUNESMITH_CACHE", "~/.cache/tunesmith")).expanduser() / "ref-logps"
+    return Path(cfg.preference.ref_cache_dir or os.environ.get("TUNESMITH_CACHE", "~/.cache/tunesmith")).expanduser() / "ref-logps"
 
 
 def precompute(wrapper, rows: dict[str, list], collate, pad_id: int, micro_batch: int, device,

@@ -68,7 +68,7 @@ def dpo_config(out: Path, train_file: Path, eval_file: Path, b):
     return validate_config({
         "model": {"path": str(out / "sft-merged")},
         "method": "dpo",
-        "dpo": {"loss": "sigmoid", "beta": 0.1, "max_prompt_length": 64},
+        "preference": {"loss": "sigmoid", "beta": 0.1, "max_prompt_length": 64},
         "adapter": {"type": "lora", "r": b.dpo_lora_r, "alpha": 2 * b.dpo_lora_r, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": [str(train_file)], "eval": [str(eval_file)], "max_length": 128},
         "train": {"lr": b.dpo_lr, "max_steps": b.dpo_steps, "micro_batch_size": b.micro_batch_size, "warmup_steps": b.dpo_steps // 10,

@@ -139,14 +139,10 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("`train.precision: fp16` needs a GPU; on the CPU use bf16 or fp32")
+    # "auto" precision and dtype pinned for this machine (RunConfig.resolved), so the loop, the loader
+    # and the saved config.yaml read one value.
+    cfg = cfg.resolved()
     precision = cfg.train.precision
-    if precision == "auto":
-        precision = "bf16" if resolve_dtype("auto") == torch.bfloat16 else "fp32"
-        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"precision": precision})})
-    if precision == "fp32" and cfg.model.dtype == "auto" and resolve_dtype("auto") != torch.float32:
-        # fp32 compute asked for on a bf16-capable GPU: bf16 frozen weights would feed bf16 activations
-        # into fp32 trainable modules (a reward head, LoRA) with no autocast to reconcile them.
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "fp32"})})
     acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
     if acc.num_processes > 1:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ...config import DataConfig, PrepareConfig, TrainConfig, _merge, parse_overrides, read_yaml, validate_config
+from ...config import DataConfig, PrepareConfig, TrainConfig, merge_dicts, parse_overrides, read_yaml, validate_config
 from ...errors import ConfigError
 
 _ROW_KINDS = ("preference", "kto")  # formats prepare reads that the SFT `data.format` does not name
@@ -75,7 +75,7 @@ def load_prepare_job(config: str | Path | None, overrides: list[str] | None = No
         shortcuts.setdefault("prepare", {})["tokenizer"] = tokenizer
     if jsonl:
         shortcuts.setdefault("prepare", {})["jsonl"] = True
-    raw = _merge(_merge(raw, shortcuts), parse_overrides(overrides))
+    raw = merge_dicts(merge_dicts(raw, shortcuts), parse_overrides(overrides))
     source = str(config) if config else "command line"
     if "model" in raw:
         from ...config import RunConfig
