@@ -196,7 +196,10 @@ def test_invalid_json_line_stops_load_at_its_line(tmp_path):
     p = tmp_path / "broken.jsonl"
     p.write_text('{"text": "a"}\n{"text": "b"\n')
     with pytest.raises(DataError, match=rf"^{p}:2: invalid JSON"):
-        load_examples([str(p)], on_error="skip")  # a broken file is not a bad row: skip cannot go past it
+        load_examples([str(p)], on_error="raise")
+    # issue 16: under skip an unreadable line is a skipped row like any other (it used to stop the load)
+    examples, report = load_examples([str(p)], on_error="skip")
+    assert len(examples) == 1 and report.skipped == {"invalid JSON": 1}
 
 
 # --- skip mode --------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_jsonl_with_byte_order_mark_and_crlf(tmp_path):
 def test_non_utf8_text_is_a_data_error(tmp_path):
     p = tmp_path / "latin1.jsonl"
     p.write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(DataError, match=rf"^{p}: not UTF-8 text .*re-save it as UTF-8"):
+    with pytest.raises(DataError, match=rf"^{p}:1: not UTF-8 text .*re-save the file as UTF-8"):
         rows_of(p)
 
 

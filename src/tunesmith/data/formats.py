@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.data.readers import Row, read_rows
+from tunesmith.data.readers import Row, UnreadableRow, read_rows
 from tunesmith.errors import ConfigError, DataError
 
 FORMATS = ("alpaca", "sharegpt", "messages", "text")
@@ -258,23 +258,32 @@ _BUILDERS = {"alpaca": _alpaca, "sharegpt": _sharegpt, "messages": _messages, "t
 # --- files -> examples ------------------------------------------------------------------------------
 
 def read_checked(paths: list[str], parse, on_error: str, format_of) -> tuple[list, LoadReport]:
-    """Every row of every file through `parse(path, row)`; a `RowError` stops the run (on_error raise)
-    or is counted by reason with the first few kept as examples (skip). `format_of(path)` names the
+    """Every row of every file through `parse(path, row)`; a `RowError`, or a row the reader cannot
+    read at all (`UnreadableRow`: invalid JSON, not UTF-8, ...), stops the run (on_error raise) or is
+    counted by reason with the first few kept as examples (skip). `format_of(path)` names the
     format each file was read as. An empty file is an error."""
     out: list = []
     report, skipped = LoadReport(), Counter()
+
+    def skip(e: RowError | UnreadableRow) -> None:
+        skipped[e.reason] += 1
+        if len(report.first_skipped) < _MAX_FIRST_SKIPPED:
+            report.first_skipped.append(e.short)
+
+    def unreadable(e: UnreadableRow) -> None:  # a line the reader could not read is a row too
+        report.rows += 1
+        skip(e)
+
     for path in paths:
         n_before = report.rows
-        for row in read_rows(path):
+        for row in read_rows(path, on_bad=None if on_error == "raise" else unreadable):
             report.rows += 1
             try:
                 out.append(parse(path, row))
             except RowError as e:
                 if on_error == "raise":
                     raise
-                skipped[e.reason] += 1
-                if len(report.first_skipped) < _MAX_FIRST_SKIPPED:
-                    report.first_skipped.append(e.short)
+                skip(e)
         if report.rows == n_before:
             raise DataError(f"{path}: no rows found; is it the right file?")
         report.formats[str(path)] = format_of(path)

@@ -67,6 +67,13 @@ def encode_all(examples, tokenizer, cfg: DataConfig, dropped: Counter, notes: li
     return out
 
 
+def _note_skipped(report, prefix: str, notes: list[str]) -> None:
+    if report.skipped:
+        notes.append(f"{prefix}skipped {sum(report.skipped.values())} of {report.rows} rows: "
+                     + ", ".join(f"{n} {r}" for r, n in report.skipped.items())
+                     + ("; first: " + "; ".join(report.first_skipped) if report.first_skipped else ""))
+
+
 def _to_rows(encoded: list[Encoded], cfg: DataConfig, seed: int) -> list[Row]:
     return pack(encoded, cfg.max_length, seed) if cfg.packing else unpacked(encoded)
 
@@ -77,12 +84,12 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42, need_train: bool = 
     resolve_chat_template(tokenizer, cfg.chat_template)
     notes: list[str] = []
     examples, report = load_examples(cfg.train, cfg.format, cfg.columns, cfg.on_error)
-    if report.skipped:
-        notes.append(f"skipped {sum(report.skipped.values())} of {report.rows} rows: "
-                     + ", ".join(f"{n} {r}" for r, n in report.skipped.items())
-                     + ("; first: " + "; ".join(report.first_skipped) if report.first_skipped else ""))
+    _note_skipped(report, "", notes)
+    eval_skipped: dict[str, int] = {}
     if cfg.eval:
         eval_examples, ereport = load_examples(cfg.eval, cfg.format, cfg.columns, cfg.on_error)
+        _note_skipped(ereport, "eval: ", notes)
+        eval_skipped = ereport.skipped
     elif cfg.eval_fraction > 0:
         # Hold out before encoding, so a long document's blocks never straddle train and eval.
         idx = list(range(len(examples)))
@@ -95,10 +102,13 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42, need_train: bool = 
         eval_examples = []
 
     dropped: Counter = Counter()
+    eval_dropped: Counter = Counter()
     train_enc = encode_all(examples, tokenizer, cfg, dropped, notes)
-    eval_enc = encode_all(eval_examples, tokenizer, cfg, Counter(), [])
+    eval_enc = encode_all(eval_examples, tokenizer, cfg, eval_dropped, notes)
     if dropped:
         notes.append("dropped after tokenization: " + ", ".join(f"{n} {r}" for r, n in dropped.items()))
+    if eval_dropped:  # the eval loss is over fewer examples than the eval files hold: say so
+        notes.append("eval: dropped after tokenization: " + ", ".join(f"{n} {r}" for r, n in eval_dropped.items()))
     if need_train and not train_enc:
         raise DataError(f"no training example is left after tokenization ({dict(dropped)}); check data.max_length and the data")
     train_rows = _to_rows(train_enc, cfg, seed)
@@ -110,6 +120,8 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42, need_train: bool = 
         "rows": len(train_rows),
         "eval_examples": len(eval_enc),
         "dropped": dict(dropped),
+        "eval_dropped": dict(eval_dropped),
+        "eval_skipped": dict(eval_skipped),
     }
     if cfg.packing and train_rows:
         stats["packing_efficiency"] = round(sum(lengths) / (len(train_rows) * cfg.max_length), 4)

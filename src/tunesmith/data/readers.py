@@ -9,8 +9,12 @@ location a person can open in an editor or index with `ds[i]`:
     JSON array             "file:[I]"       0-based element index ("file:data[I]" for {"data": [...]})
     Parquet, saved dataset "file:row I"     0-based row index, as in `ds[I]`
 
-Problems with a file itself (missing, unknown kind, invalid JSON, ragged CSV) raise `DataError` with
-that location. Whether a row's *fields* make sense is for `formats.py` to judge.
+Problems with a file itself (missing, unknown kind, a .json document that does not parse, malformed
+CSV quoting) raise `DataError` with that location. A single unreadable row (a JSONL line that is not
+valid JSON or not an object, a line that is not UTF-8, a ragged CSV row, a JSON array element that is
+not an object) raises `UnreadableRow`, or, when the caller passes `on_bad`, is handed to it and the
+reader carries on with the next row (`data.on_error: skip`). Whether a row's *fields* make sense is
+for `formats.py` to judge.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import csv
 import gzip
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -46,11 +50,31 @@ class Row:
     where: str
 
 
-def read_rows(path: str | Path) -> Iterator[Row]:
+class UnreadableRow(DataError):
+    """One row the reader could not read. Like `formats.RowError`: `reason` has no row-specific parts
+    (so skipped rows can be counted by it) and `short` is "where: what"."""
+
+    def __init__(self, where: str, reason: str, message: str):
+        self.where, self.reason, self.short = where, reason, f"{where}: {reason}"
+        super().__init__(f"{where}: {message}")
+
+
+OnBad = Callable[[UnreadableRow], None] | None
+
+
+def _bad(on_bad: OnBad, err: UnreadableRow) -> None:
+    """Raise `err`, or hand it to the caller's `on_bad` (which counts it) and let the reader go on."""
+    if on_bad is None:
+        raise err
+    on_bad(err)
+
+
+def read_rows(path: str | Path, on_bad: OnBad = None) -> Iterator[Row]:
     """Yield the rows of one data source, lazily.
 
     The source is checked here, so a missing file or an unknown kind fails at the call rather than at
-    the first `next()`; the rows themselves are read as they are consumed.
+    the first `next()`; the rows themselves are read as they are consumed. `on_bad`: called with each
+    unreadable row instead of raising (see the module docstring).
     """
     text = str(path)
     if text.startswith("hf://"):
@@ -67,7 +91,7 @@ def read_rows(path: str | Path) -> Iterator[Row]:
         raise DataError(f"{p}: no such file. Supported: {SUPPORTED}")
     if kind is None:
         raise DataError(f"{p}: unknown kind of data file '{p.suffix or p.name}'. Supported: {SUPPORTED}")
-    return _READERS[kind](p)
+    return _READERS[kind](p, on_bad)
 
 
 def _kind_of(p: Path) -> str | None:
@@ -79,45 +103,61 @@ def _kind_of(p: Path) -> str | None:
     return None
 
 
-def _open_text(p: Path) -> IO[str]:
+def _open_text(p: Path, errors: str = "strict") -> IO[str]:
     # newline="" keeps "\r\n" inside quoted CSV fields intact (the csv module asks for it); the
     # line-based readers strip line ends themselves. utf-8-sig drops the BOM spreadsheets write.
     if p.name.lower().endswith(".gz"):
-        return gzip.open(p, "rt", encoding="utf-8-sig", newline="")
-    return open(p, encoding="utf-8-sig", newline="")
+        return gzip.open(p, "rt", encoding="utf-8-sig", newline="", errors=errors)
+    return open(p, encoding="utf-8-sig", newline="", errors=errors)
+
+
+# Line-based readers decode with surrogateescape: a bad byte becomes a lone surrogate in its own line
+# (decoding runs a chunk ahead of the lines handed out, so a strict decoder's error cannot say which
+# line it was on), and that line alone is reported or skipped.
+_NOT_UTF8 = "not UTF-8 text"
+_UTF8_FIX = "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+
+
+def _undecodable(text: str) -> str:
+    """'' for clean text, else where its first undecodable byte sits ("byte 0xe9 at column 12")."""
+    for col, ch in enumerate(text, 1):
+        if "\udc80" <= ch <= "\udcff":
+            return f"byte {ord(ch) - 0xdc00:#04x} at column {col}"
+    return ""
 
 
 def _lines(p: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without its end); undecodable bytes become a DataError."""
-    lineno = 0
+    """(1-based line number, line without its end); undecodable bytes stay as lone surrogates, for
+    the caller to find with `_undecodable`."""
     try:
-        with _open_text(p) as f:
+        with _open_text(p, errors="surrogateescape") as f:
             for lineno, line in enumerate(f, 1):
                 yield lineno, line.rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        # decoding runs a chunk ahead of the lines handed out, so the line is a lower bound
-        raise DataError(f"{p}: not UTF-8 text after line {lineno} ({e.reason}); re-save it as UTF-8") from None
     except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
         raise DataError(f"{p}: cannot read ({e})") from None
 
 
-def _read_jsonl(p: Path) -> Iterator[Row]:
+def _read_jsonl(p: Path, on_bad: OnBad = None) -> Iterator[Row]:
     for lineno, line in _lines(p):
         if not line.strip():
+            continue
+        where = f"{p}:{lineno}"
+        if bad := _undecodable(line):
+            _bad(on_bad, UnreadableRow(where, _NOT_UTF8, f"{_NOT_UTF8} ({bad}); {_UTF8_FIX}"))
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(
-                f"{p}:{lineno}: invalid JSON ({e.msg} at column {e.colno}); "
-                "a JSONL file holds exactly one JSON object per line"
-            ) from None
+            _bad(on_bad, UnreadableRow(where, "invalid JSON", f"invalid JSON ({e.msg} at column {e.colno}); "
+                                       "a JSONL file holds exactly one JSON object per line"))
+            continue
         if not isinstance(obj, dict):
-            raise DataError(f"{p}:{lineno}: expected a JSON object {{...}} on each line, got {_json_type(obj)}")
-        yield Row(obj, f"{p}:{lineno}")
+            _bad(on_bad, UnreadableRow(where, "not a JSON object", f"expected a JSON object {{...}} on each line, got {_json_type(obj)}"))
+            continue
+        yield Row(obj, where)
 
 
-def _read_json(p: Path) -> Iterator[Row]:
+def _read_json(p: Path, on_bad: OnBad = None) -> Iterator[Row]:
     try:
         with _open_text(p) as f:
             doc = json.load(f)
@@ -131,7 +171,8 @@ def _read_json(p: Path) -> Iterator[Row]:
     for i, obj in enumerate(records):
         where = f"{p}:{prefix}[{i}]"
         if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object {{...}} for each record, got {_json_type(obj)}")
+            _bad(on_bad, UnreadableRow(where, "not a JSON object", f"expected a JSON object {{...}} for each record, got {_json_type(obj)}"))
+            continue
         yield Row(obj, where)
 
 
@@ -157,32 +198,35 @@ def _records_of(p: Path, doc: Any) -> tuple[list[Any], str]:
     raise DataError(f"{p}: expected a JSON array of records [{{...}}, ...], got {_json_type(doc)}")
 
 
-def _read_csv(p: Path, delimiter: str = ",") -> Iterator[Row]:
+def _read_csv(p: Path, on_bad: OnBad = None, delimiter: str = ",") -> Iterator[Row]:
     # csv.reader rather than DictReader: DictReader silently skips blank lines (which moves rows away
     # from the line numbers we report) and files ragged rows under a None key.
     csv.field_size_limit(2**31 - 1)  # the 128 KiB default is too small for long documents
     header: list[str] | None = None
     try:
-        with _open_text(p) as f:
+        with _open_text(p, errors="surrogateescape") as f:
             reader = csv.reader(f, delimiter=delimiter)
             end = 0  # physical line where the previous record ended; the next starts after it
             for fields in reader:
                 start, end = end + 1, reader.line_num
                 if not fields:  # blank line
                     continue
+                bad = next((b for b in map(_undecodable, fields) if b), "")
                 if header is None:
+                    if bad:  # without its header no row of the file can be read
+                        raise DataError(f"{p}:{start}: the header row is {_NOT_UTF8} ({bad}); {_UTF8_FIX}")
                     header = _check_header(p, start, fields)
                     continue
-                if len(fields) != len(header):
-                    raise DataError(
-                        f"{p}:{start}: {len(fields)} fields but the header (line 1) has {len(header)}; "
-                        "quote fields that contain the delimiter, quotes or line breaks"
-                    )
-                yield Row(dict(zip(header, fields)), f"{p}:{start}")
+                if bad:
+                    _bad(on_bad, UnreadableRow(f"{p}:{start}", _NOT_UTF8, f"{_NOT_UTF8} ({bad}); {_UTF8_FIX}"))
+                elif len(fields) != len(header):
+                    _bad(on_bad, UnreadableRow(f"{p}:{start}", "wrong number of fields", f"{len(fields)} fields but the "
+                                               f"header (line 1) has {len(header)}; quote fields that contain the "
+                                               "delimiter, quotes or line breaks"))
+                else:
+                    yield Row(dict(zip(header, fields)), f"{p}:{start}")
     except csv.Error as e:
         raise DataError(f"{p}:{reader.line_num}: malformed CSV ({e})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{p}: not UTF-8 text after line {reader.line_num} ({e.reason}); re-save it as UTF-8") from None
     except (OSError, EOFError) as e:
         raise DataError(f"{p}: cannot read ({e})") from None
 
@@ -196,25 +240,34 @@ def _check_header(p: Path, lineno: int, fields: list[str]) -> list[str]:
     return names
 
 
-def _read_tsv(p: Path) -> Iterator[Row]:
-    return _read_csv(p, delimiter="\t")
+def _read_tsv(p: Path, on_bad: OnBad = None) -> Iterator[Row]:
+    return _read_csv(p, on_bad, delimiter="\t")
 
 
-def _read_txt(p: Path) -> Iterator[Row]:
-    start, para = 0, []
+def _read_txt(p: Path, on_bad: OnBad = None) -> Iterator[Row]:
+    start, para, bad = 0, [], ""  # a paragraph with an undecodable line is one unreadable row
+
+    def flush() -> Iterator[Row]:
+        if bad:
+            _bad(on_bad, UnreadableRow(f"{p}:{start}", _NOT_UTF8, f"{_NOT_UTF8} ({bad}); {_UTF8_FIX}"))
+        else:
+            yield Row({"text": "\n".join(para)}, f"{p}:{start}")
+
     for lineno, line in _lines(p):
         if line.strip():
             if not para:
                 start = lineno
             para.append(line)
+            if not bad and (b := _undecodable(line)):
+                bad = f"line {lineno}: {b}"
         elif para:
-            yield Row({"text": "\n".join(para)}, f"{p}:{start}")
-            para = []
+            yield from flush()
+            para, bad = [], ""
     if para:
-        yield Row({"text": "\n".join(para)}, f"{p}:{start}")
+        yield from flush()
 
 
-def _read_parquet(p: Path) -> Iterator[Row]:
+def _read_parquet(p: Path, on_bad: OnBad = None) -> Iterator[Row]:  # no row-level damage to skip
     import pyarrow.parquet as pq
 
     try:

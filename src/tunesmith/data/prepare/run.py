@@ -83,7 +83,12 @@ def _read_source(s: int, path: str, data: DataConfig, cfg: PrepareConfig, read: 
     """Stream one input file through `sink` in chunks; returns the format it was read as."""
     fmt = None
     chunk: list[Record] = []
-    rows = read_rows(path)  # a missing or unreadable file fails here, before the bar is drawn
+    def unreadable(e) -> None:  # data.on_error: skip also skips lines the reader cannot read (bad JSON, not UTF-8)
+        read.rows_in += 1
+        read.drop(f"malformed row: {e.reason}", e.where)
+
+    # A missing or unreadable file fails here, before the bar is drawn.
+    rows = read_rows(path, on_bad=unreadable if data.on_error == "skip" else None)
     bar = tqdm(desc=f"prepare {Path(path).name}", unit=" rows", disable=not cfg.progress, mininterval=1.0)
     for row in rows:
         read.rows_in += 1
