@@ -108,7 +108,8 @@ def merge(out: str | Path, base: str | Path | None = None, adapter: str | Path |
         from .merge.models import merge_models
 
         s = merge_models(config, out, overrides, overwrite=overwrite)
-        s["verified"] = f"from_pretrained loads all {s['tensors']} tensors exactly as merged; probe logits finite"
+        s["verified"] = f"from_pretrained loads all {s['tensors']} tensors exactly as merged; " + (
+            "probe logits finite" if s["probe_checked"] else "logits not checked (no tokenizer to make probe inputs)")
         return s
     if base is None or not adapter:
         raise UserError("`tunesmith merge` needs --base and --adapter (adapter merge) or --config merge.yaml (model merging)")

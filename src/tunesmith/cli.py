@@ -17,8 +17,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4 data.max_length=512")
 
 
+def _positive_count(text: str) -> int:
+    # eval.limit 0 means "all" in the config; as a flag, `--limit 0` reads as "none" and would
+    # silently score everything, so the flag takes only N >= 1.
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} examples would score nothing; give N >= 1, or omit --limit to score every example")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune LLMs: data -> train -> evaluate -> merge -> export -> serve.")
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune LLMs: data -> train -> evaluate -> merge -> export.")
     parser.add_argument("--version", action="version", version=f"tunesmith {__import__('tunesmith').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
 
@@ -63,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", nargs="?", const="auto", default=None, help="also score this base model and report deltas (alone: the config's model.path)")
     p.add_argument("--tasks", help="NAME=FILE[,NAME=FILE...]: gsm8k, humaneval, mmlu, arc, hellaswag, mc readers by name prefix, or a task YAML")
     p.add_argument("--perplexity", nargs="+", metavar="FILE", help="data files to report loss/perplexity on")
-    p.add_argument("--limit", type=int, help="score only the first N examples of each task")
+    p.add_argument("--limit", type=_positive_count, help="score only the first N (>= 1) examples of each task; omit it to score all")
     p.add_argument("--few-shot", type=int, help="built-in tasks: the first N rows become solved examples before each prompt")
     p.add_argument("--judge", choices=["single", "pairwise"], help="LLM-as-judge mode (with --judge-questions)")
     p.add_argument("--judge-questions", help="JSONL of {question, reference?} for the judge")

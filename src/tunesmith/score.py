@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from .console import progress_bar
 
 from .data.preference import _as_prompt, _as_response, parse_preference_row
 from .data.preference_encode import encode_prompt, encode_response
@@ -92,7 +92,7 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ov
         raise UserError(f"{data}: no rows to score")
     flat = [s for _, seqs, _ in items for s in seqs]
     scores: list[float] = []
-    for i in tqdm(range(0, len(flat), batch_size), desc="scoring", leave=False):
+    for i in progress_bar(range(0, len(flat), batch_size), desc="scoring", leave=False):
         scores += score_ids(net, flat[i : i + batch_size], pad_id).tolist()
     results, k, right = [], 0, 0
     for where, seqs, is_pair in items:

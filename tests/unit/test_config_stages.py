@@ -99,3 +99,12 @@ def test_describe_drops_union_branch_tags_but_keeps_list_indices():
     assert "`data.train.1` = 3" in _err({**BASE, "data": {"train": ["a.jsonl", 3]}})
     err = {"loc": ("eval", "pass_k", 0), "type": "int_parsing", "msg": "bad", "input": "x"}
     assert _describe(err, RunConfig).startswith("`eval.pass_k.0`")
+
+
+def test_full_logits_reason_names_a_trained_lm_head():
+    assert validate_config(BASE).full_logits_reason() == ""
+    cfg = validate_config({**BASE, "adapter": {"modules_to_save": ["lm_head"]}})
+    assert "`adapter.modules_to_save` trains lm_head" in cfg.full_logits_reason() and "full" in cfg.full_logits_reason()
+    cfg = validate_config({**BASE, "adapter": {"target_modules": ["q_proj", "lm_head"]}})
+    assert "`adapter.target_modules` puts an adapter on lm_head" in cfg.full_logits_reason()
+    assert validate_config({**BASE, "adapter": {"modules_to_save": ["embed_tokens"]}}).full_logits_reason() == ""

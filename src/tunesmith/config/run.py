@@ -143,6 +143,19 @@ class RunConfig(_Section):
         """Tokens a preference prompt keeps (see `preference.max_prompt_length`)."""
         return self.preference.prompt_length(self.data.max_length)
 
+    def full_logits_reason(self) -> str:
+        """Why this run's loss will hold the full (B, T, V) logits instead of fused chunks ('' if it
+        will not): a trained lm_head is a PEFT wrapper or copy, not the plain Linear the chunked loss
+        multiplies by (train/forward.py, objectives/logps.py)."""
+        targets = [self.adapter.target_modules] if isinstance(self.adapter.target_modules, str) else self.adapter.target_modules
+        how = ("`adapter.modules_to_save` trains lm_head as a full copy" if "lm_head" in self.adapter.modules_to_save
+               else "`adapter.target_modules` puts an adapter on lm_head" if "lm_head" in targets else "")
+        if not how or self.adapter.type == "none":
+            return ""
+        return (f"{how}, so the loss computes the full (micro_batch_size x max_length x vocabulary) logits at once, "
+                "without the chunked lm_head + cross-entropy; expect far more activation memory (lower "
+                "train.micro_batch_size or data.max_length if it runs out)")
+
     def resolved(self) -> RunConfig:
         """A copy with `train.precision` and `model.dtype` pinned to what this machine will use, so the
         loop, the model loader and the saved config.yaml all read one value. The user's config (and

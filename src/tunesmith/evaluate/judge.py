@@ -94,10 +94,10 @@ def parse_verdict(text: str) -> str | None:
 
 def grade_single(judge, questions: list[str], answers: list[str], template: str,
                  references: list[str] | None = None) -> dict:
-    from tqdm.auto import tqdm
+    from ..console import progress_bar
 
     records = []
-    for i, (q, a) in enumerate(tqdm(list(zip(questions, answers)), desc="judge", leave=False)):
+    for i, (q, a) in enumerate(progress_bar(list(zip(questions, answers)), desc="judge", leave=False)):
         ref = (references or [""] * len(questions))[i]
         prompt = template.format(question=q, answer=a,
                                  reference_note="Compare the response with the reference answer. " if ref else "",
@@ -118,10 +118,10 @@ def _outcome(first: str | None, second: str | None) -> str:
 
 def compare_pairwise(judge, questions: list[str], answers: list[str], base_answers: list[str], template: str) -> dict:
     """The model against the base on each question, judged in both orders."""
-    from tqdm.auto import tqdm
+    from ..console import progress_bar
 
     records = []
-    for q, mine, theirs in tqdm(list(zip(questions, answers, base_answers)), desc="judge (pairs, both orders)", leave=False):
+    for q, mine, theirs in progress_bar(list(zip(questions, answers, base_answers)), desc="judge (pairs, both orders)", leave=False):
         raw1 = judge(template.format(question=q, answer_a=mine, answer_b=theirs))
         raw2 = judge(template.format(question=q, answer_a=theirs, answer_b=mine))
         v1, v2 = parse_verdict(raw1), parse_verdict(raw2)

@@ -36,13 +36,13 @@ def loss_and_tokens(model, tokenizer, data: DataConfig, batch_size: int = 8) -> 
     from ..data.pipeline import prepare_data
     from ..train.forward import CausalLMLoss
 
-    from tqdm.auto import tqdm
+    from ..console import progress_bar
 
     rows = prepare_data(data, tokenizer).train
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     loss = CausalLMLoss(model).eval()
     total, units = 0.0, 0
-    for i in tqdm(range(0, len(rows), batch_size), desc="perplexity", unit="batch", leave=False, disable=len(rows) <= batch_size):
+    for i in progress_bar(range(0, len(rows), batch_size), desc="perplexity", unit="batch", leave=False, disable=len(rows) <= batch_size):
         batch = {k: v.to(model.device) for k, v in collate(rows[i : i + batch_size], pad).items()}
         total += loss(**batch).item()
         units += count_label_tokens(batch)

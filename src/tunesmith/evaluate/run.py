@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..config import DataConfig, EvalConfig, ModelConfig, load_config, parse_overrides, validate_config, merge_dicts
 from ..errors import UserError
-from ..train.run import say
+from ..console import say
 from .compare import compare
 from .runner import GenOptions, run_task
 from .tasks import Task, load_task

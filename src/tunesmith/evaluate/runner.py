@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
+from ..console import progress_bar
 
 from . import metrics as M
 from .generation import generate
@@ -51,7 +51,7 @@ def render(task: Task, ex: Example, tokenizer, chat: bool) -> str:
 
 
 def _bar(total: int, desc: str, on: bool):
-    return tqdm(total=total, desc=desc, unit="ex", disable=not on, leave=False, dynamic_ncols=True)
+    return progress_bar(total=total, desc=desc, unit="ex", disable=not on, leave=False, dynamic_ncols=True)
 
 
 def run_multiple_choice(model, tokenizer, task: Task, opts: GenOptions) -> dict:

@@ -224,7 +224,7 @@ def write_gguf(model_dir: Path, tokenizer, out: Path, out_type: str, name: str) 
     Tensors are held in memory until the file is written (fine up to a few billion parameters on
     a machine that could load the model in fp32 anyway)."""
     import gguf
-    from tqdm import tqdm
+    from ..console import progress_bar
 
     hf_config = read_hf_config(model_dir)
     arch, permute = gguf_arch(hf_config, model_dir)
@@ -240,7 +240,7 @@ def write_gguf(model_dir: Path, tokenizer, out: Path, out_type: str, name: str) 
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     result = WriteResult(out, 0)
-    for hf_name, data in tqdm(list(iter_hf_tensors(model_dir)), desc="gguf tensors", unit="tensor", leave=False):
+    for hf_name, data in progress_bar(list(iter_hf_tensors(model_dir)), desc="gguf tensors", unit="tensor", leave=False):
         if hf_name.endswith("rotary_emb.inv_freq"):
             continue  # recomputed by llama.cpp from rope_freq_base
         new_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))

@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from ..console import progress_bar
 
 from ..errors import DataError, UserError
 
@@ -75,7 +75,7 @@ def chunks(tokenizer, texts: list[str], seq_len: int, limit: int) -> torch.Tenso
 def perplexity(model, ids: torch.Tensor, batch_size: int = 8, desc: str = "perplexity") -> float:
     """exp(mean next-token NLL) over every position of every window (the first token is not predicted)."""
     total, count = 0.0, 0
-    for i in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", leave=False):
+    for i in progress_bar(range(0, len(ids), batch_size), desc=desc, unit="batch", leave=False):
         batch = ids[i: i + batch_size].to(model.device)
         logits = model(input_ids=batch).logits.float()  # (B, T, V)
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten(), reduction="sum")

@@ -9,7 +9,7 @@ really feeds it (as in the GPTQ paper and AutoAWQ). Memory: one layer's activati
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from ..console import progress_bar
 
 from ..errors import UserError
 from .awq import ActivationStats, fold_scale, llama_scale_groups, search_scale
@@ -88,7 +88,7 @@ def quantize_model_layers(model, ids: torch.Tensor, method: str, bits: int, grou
     prefix = next(n for n, m in model.named_modules() if m is layers)
     captured = capture_inputs(model, ids, batch_size)
     results, diag = {}, {"loss": 0.0, "rtn_loss": 0.0}
-    for idx, layer in enumerate(tqdm(layers, desc=f"{method} layers", unit="layer")):
+    for idx, layer in enumerate(progress_bar(layers, desc=f"{method} layers", unit="layer")):
         if method == "gptq":
             stats = _collect(layer, captured, HessianAccumulator)
             for name, lin in _linears(layer).items():

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
+from ..console import progress_bar
 
 from ..config import load_config
 from ..errors import ConfigError, UserError
@@ -97,7 +97,7 @@ def merge_tensors(cfg: MergeConfig, models: list[Weights], base: Weights | None,
     fn = MERGE_METHODS[cfg.method]
     ref = base or models[0]
     out = {}
-    for i, name in enumerate(tqdm(ref.names(), desc=f"merge ({cfg.method})", unit="tensor")):
+    for i, name in enumerate(progress_bar(ref.names(), desc=f"merge ({cfg.method})", unit="tensor")):
         tensors = [m.get(name) for m in models]
         if not tensors[0].is_floating_point():
             if any(not torch.equal(t, tensors[0]) for t in tensors[1:]):
@@ -149,6 +149,7 @@ def merge_models(config: str | Path, out: str | Path, overrides: list[str] | Non
         summary = {"out": str(out), "method": cfg.method, "models": [m.path for m in cfg.models],
                    "base_model": cfg.base_model, "dtype": _DTYPE_NAMES[dtype], "tensors": len(state), "files": files,
                    "tokenizer_files": copied, "tokenizer_from": str(tok_src), "probe_logits_max": diff,
+                   "probe_checked": diff == diff,  # NaN: no tokenizer, so no probe forward was run
                    "seconds": round(time.perf_counter() - t0, 2)}
         write_text_atomic(tmp / "report.md", _report(cfg, summary))
     summary["size_bytes"] = dir_size(out)
@@ -179,4 +180,5 @@ def _report(cfg: MergeConfig, s: dict) -> str:
             f"`{cfg.parameters.model_dump()}`. Saved in {s['dtype']} as {', '.join(s['files'])}; "
             f"tokenizer from `{s['tokenizer_from']}`.\n\n| model | weight |\n|---|---|\n{rows}\n\n"
             "Verified: `from_pretrained` loads every tensor with none missing or unexpected, each equal to the "
-            "computed merge, and the logits on probe inputs are finite.\n")
+            "computed merge" + (", and the logits on probe inputs are finite.\n" if s["probe_checked"] else
+                                ". The logits were not checked: there is no tokenizer to make probe inputs with.\n"))

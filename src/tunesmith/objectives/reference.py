@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from ..console import progress_bar
 
 from .logps import sequence_logps
 
@@ -98,7 +98,7 @@ def precompute(wrapper, rows: dict[str, list], collate, pad_id: int, micro_batch
     inner(wrapper).eval()
     out = {}
     total = sum(len(v) for v in rows.values())
-    with tqdm(total=total, desc="reference log-probs", disable=not progress, leave=False) as bar:
+    with progress_bar(total=total, desc="reference log-probs", disable=not progress, leave=False) as bar:
         for split, items in rows.items():
             vals = []
             for i in range(0, len(items), micro_batch):

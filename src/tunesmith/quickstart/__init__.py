@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..train.run import say
+from ..console import say
 from .report import result_section, samples_section, summary_text, write_readme
 from .dpo_stage import dpo_section, run_dpo_stage
 from .task import INSTRUCTION, past_tense_task

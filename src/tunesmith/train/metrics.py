@@ -17,6 +17,8 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
+from ..console import progress_bar
+
 
 def plain_permissions(path: Path) -> None:
     """Give `path` the mode a plain `open()` would (0666 minus the umask): mkstemp and safetensors'
@@ -133,7 +135,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 class Progress:
-    """tqdm bar on stderr: steps done/total, rate, ETA, and a postfix with loss, lr, tok/s.
+    """tqdm bar on stderr: steps done/total, rate, ETA, and a postfix with loss, lr, tok/s. When
+    stderr is not a terminal (a log file, CI), a plain line every `console.LOG_EVERY_S` seconds.
 
     Disabled (no output) when enabled=False or not the main process (RANK != 0).
     """
@@ -141,8 +144,7 @@ class Progress:
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train"):
         self.enabled = enabled and _is_main_process()
         self._bar = (
-            tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
-                 dynamic_ncols=True, smoothing=0.1)
+            progress_bar(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, smoothing=0.1)
             if self.enabled
             else None
         )

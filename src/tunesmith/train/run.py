@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ import torch
 from ..adapter_counts import closed_form_trainable
 from ..adapters import apply_adapter, save_adapter
 from ..config import RunConfig, load_config
+from ..console import say  # noqa: F401 (also imported from here as train.run.say by older code)
 from ..data.pipeline import prepare_data
 from ..errors import ConfigError, TrainingError, UserError
 from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
@@ -39,11 +39,6 @@ from .trackers import Trackers
 # Keys that may change between a run and its resumption without breaking exact reproduction.
 RESUMABLE_CHANGES = {"train.max_steps", "train.epochs", "train.save_every", "train.keep_checkpoints", "train.eval_every",
                      "train.progress", "train.report_to", "train.early_stopping_patience", "train.log_every"}
-
-
-def say(msg: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -143,6 +138,8 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     # and the saved config.yaml read one value.
     cfg = cfg.resolved()
     precision = cfg.train.precision
+    if why := cfg.full_logits_reason():
+        say(f"warning: {why}")
     acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
     if acc.num_processes > 1:

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from ...console import progress_bar
 
 from ...config import DataConfig, PrepareConfig
 from ...errors import ConfigError, DataError, UserError
@@ -89,7 +89,7 @@ def _read_source(s: int, path: str, data: DataConfig, cfg: PrepareConfig, read: 
 
     # A missing or unreadable file fails here, before the bar is drawn.
     rows = read_rows(path, on_bad=unreadable if data.on_error == "skip" else None)
-    bar = tqdm(desc=f"prepare {Path(path).name}", unit=" rows", disable=not cfg.progress, mininterval=1.0)
+    bar = progress_bar(desc=f"prepare {Path(path).name}", unit=" rows", disable=not cfg.progress, mininterval=1.0)
     for row in rows:
         read.rows_in += 1
         bar.update()

@@ -1,0 +1,30 @@
+"""Issue 16: `eval --limit 0` silently meant "all"; `tunesmith --help` advertised `serve`, which is
+not built."""
+
+import pytest
+
+from tunesmith.cli import build_parser, main
+
+
+@pytest.mark.parametrize("bad", ["0", "-3"])
+def test_eval_limit_zero_is_refused(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--model", "m", "--limit", bad])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--limit" in err and "would score nothing" in err and "omit --limit" in err
+
+
+def test_eval_limit_positive_is_an_override():
+    from tunesmith.cli import _eval_overrides
+
+    args = build_parser().parse_args(["eval", "--model", "m", "--limit", "5"])
+    assert args.limit == 5 and "eval.limit=5" in _eval_overrides(args)
+
+
+def test_help_describes_only_built_stages():
+    parser = build_parser()
+    text = parser.format_help()
+    assert "serve" not in text.lower()
+    stages = parser._subparsers._group_actions[0].choices  # noqa: SLF001 - the registered subcommands
+    assert "serve" not in stages
