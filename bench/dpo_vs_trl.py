@@ -77,7 +77,7 @@ def steady(times: list[float], pairs_per_step: int, losses: list[float], accs: l
 def tunesmith_cfg(spec: dict) -> dict:
     return {"model": {"path": spec["model_dir"], "dtype": "fp32"}, "method": "dpo",
             "data": {"train": [spec["data"]], "max_length": spec["max_length"], "overlength": "error"},
-            "dpo": {"loss": "sigmoid", "beta": BETA, "max_prompt_length": spec["max_prompt_length"]},
+            "preference": {"loss": "sigmoid", "beta": BETA, "max_prompt_length": spec["max_prompt_length"]},
             "adapter": {"type": "lora", "target_modules": "all-linear", **LORA},
             "train": {"max_steps": spec["steps"], "micro_batch_size": spec["micro_batch_size"], "lr": LR, "scheduler": "cosine",
                       "warmup_steps": 0, "precision": "fp32", "save_every": 0, "progress": False, "seed": 0},

@@ -53,11 +53,14 @@ def test_loss_options_at_default_reload_from_a_dump():
     assert validate_config(yaml.safe_load(cfg.dump())).preference.loss == "ipo"
 
 
-def test_epochs_with_max_steps_is_refused():
-    msg = _err({**BASE, "train": {"epochs": 3, "max_steps": 10}})
-    assert "`train.epochs` (3) and `train.max_steps` (10) are exclusive" in msg
-    assert validate_config({**BASE, "train": {"max_steps": 10}}).train.max_steps == 10
-    assert validate_config({**BASE, "train": {"epochs": 3}}).train.epochs == 3
+def test_epochs_next_to_max_steps_is_stated_not_silent():
+    """Decision: not an error (`train.max_steps=20` on the command line is how a config with epochs gets
+    a short trial run), but train start says that epochs is not used."""
+    cfg = validate_config({**BASE, "train": {"epochs": 3, "max_steps": 10}})
+    assert cfg.start_notes() == ["`train.max_steps: 10` decides the length; `train.epochs: 3` is not used "
+                                 "(set train.max_steps=0 to train by epochs)"]
+    assert validate_config({**BASE, "train": {"max_steps": 10}}).start_notes() == []
+    assert validate_config({**BASE, "train": {"epochs": 3}}).start_notes() == []
 
 
 def test_prompt_length_defaults_to_half_of_max_length():

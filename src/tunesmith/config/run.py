@@ -143,6 +143,10 @@ class RunConfig(_Section):
         """Tokens a preference prompt keeps (see `preference.max_prompt_length`)."""
         return self.preference.prompt_length(self.data.max_length)
 
+    def start_notes(self) -> list[str]:
+        """What train start should tell the user about how this config will run (derived, never an error)."""
+        return [n for n in (self.train.unused_epochs(), self.full_logits_reason()) if n]
+
     def full_logits_reason(self) -> str:
         """Why this run's loss will hold the full (B, T, V) logits instead of fused chunks ('' if it
         will not): a trained lm_head is a PEFT wrapper or copy, not the plain Linear the chunked loss

@@ -11,8 +11,9 @@ from .base import _Section, bf16_available
 
 class TrainConfig(_Section):
     lr: float = Field(2e-4, gt=0)
-    epochs: float = Field(1.0, gt=0, description="Passes over the training data; set this or max_steps, not both.")
-    max_steps: int = Field(0, ge=0, description="Optimizer steps; 0 = as many as `epochs` takes. Set this or epochs, not both.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data; not used when max_steps > 0 (train start says so).")
+    max_steps: int = Field(0, ge=0, description="Optimizer steps; 0 = as many as `epochs` takes. When > 0 it alone decides "
+                           "the length (`train.max_steps=20` on the command line shortens any run).")
     micro_batch_size: int = Field(4, gt=0, description="Rows per forward pass per process.")
     grad_accum_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     warmup_steps: int = Field(0, ge=0)
@@ -49,13 +50,17 @@ class TrainConfig(_Section):
     def _exclusive_warmup(self) -> TrainConfig:
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError("`train.warmup_steps` and `train.warmup_ratio` are exclusive; set one")
-        if self.max_steps and self.epochs != type(self).model_fields["epochs"].default:
-            # max_steps decides the length alone; an epochs value next to it would be silently ignored.
-            raise ValueError(f"`train.epochs` ({self.epochs:g}) and `train.max_steps` ({self.max_steps}) are exclusive: "
-                             "max_steps alone decides the run length; remove one of them")
         if self.early_stopping_patience and not self.eval_every:
             raise ValueError("`train.early_stopping_patience` needs `train.eval_every` > 0 (evals to compare)")
         return self
+
+    def unused_epochs(self) -> str:
+        """A note when `epochs` was set but `max_steps` decides the length ('' otherwise). Not an error:
+        `train.max_steps=N` on the command line is how a config with epochs gets a short trial run."""
+        if self.max_steps and self.epochs != type(self).model_fields["epochs"].default:
+            return (f"`train.max_steps: {self.max_steps}` decides the length; `train.epochs: {self.epochs:g}` is not "
+                    "used (set train.max_steps=0 to train by epochs)")
+        return ""
 
     def compute_precision(self, bf16_ok: bool | None = None) -> Literal["fp32", "bf16", "fp16"]:
         """`precision` with `auto` resolved: bf16 where the GPU supports it, else fp32."""

@@ -138,8 +138,8 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     # and the saved config.yaml read one value.
     cfg = cfg.resolved()
     precision = cfg.train.precision
-    if why := cfg.full_logits_reason():
-        say(f"warning: {why}")
+    for note in cfg.start_notes():  # e.g. epochs unused under max_steps; a trained lm_head means full logits
+        say(f"note: {note}")
     acc = Accelerator(cpu=not torch.cuda.is_available())
     main = acc.is_main_process
     if acc.num_processes > 1:
