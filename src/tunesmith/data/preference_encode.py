@@ -105,7 +105,7 @@ def truncate(prompt_ids: list[int], responses: list[list[int]], max_prompt_lengt
         return None
     if overlength == "error":
         raise DataError(f"{where}: {longest} tokens (prompt cut to {len(prompt_ids)}) > data.max_length {max_length}; "
-                        "raise data.max_length, lower dpo.max_prompt_length, or set data.overlength: drop|truncate")
+                        "raise data.max_length, lower preference.max_prompt_length, or set data.overlength: drop|truncate")
     room = max_length - len(prompt_ids)
     return prompt_ids, [r[-room:] for r in responses]
 
