@@ -99,11 +99,13 @@ class RunConfig(_Section):
         if self.method not in PREFERENCE_METHODS:
             return self
         # Compared with the defaults rather than "was it written", so a dumped config.yaml reloads.
-        for key in ("packing", "train_on_prompt"):
+        why = {"packing": "the preference pipeline lays out its pairs/examples itself and never reads it",
+               "train_on_prompt": "preference losses score the response tokens only"}
+        for key, reason in why.items():
             if getattr(self.data, key):
-                raise ValueError(f"`data.{key}` applies to method sft/pretrain, not {self.method} (preference rows are "
-                                 "encoded one prompt + response at a time, labels on the response only); remove it")
-        for key in self.preference.unused_keys(self.method):
+                raise ValueError(f"`data.{key}` applies to method sft/pretrain, not {self.method} ({reason}); remove it")
+        if unused := self.preference.unused_keys(self.method):
+            key = unused[0]
             raise ValueError(f"`preference.{key}` is not read by method {self.method}"
                              + (f" with loss {self.preference.loss}" if self.method == "dpo" else "")
                              + f"; remove it (it applies to {_ONLY_FOR[key]})")
