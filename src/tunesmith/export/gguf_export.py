@@ -61,6 +61,9 @@ def _check_args(model: Path, out: Path, quant: str, overwrite: bool, verify: boo
     quant = check_quant(quant)
     if not model.is_dir():
         raise UserError(f"--model {model} is not a directory (expected a merged transformers model directory)")
+    from ..adapters import require_not_adapter
+
+    require_not_adapter(model, "--model")
     read_hf_config(model)
     if out.suffix != ".gguf":
         raise UserError(f"--out {out} should end in .gguf (the Modelfile and report are written beside it)")

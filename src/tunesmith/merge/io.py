@@ -26,6 +26,9 @@ class VerificationError(UserError):
 
 def check_model_dir(path: str | Path, what: str) -> Path:
     p = Path(path).expanduser()
+    from ..adapters import require_not_adapter
+
+    require_not_adapter(p, what)
     if not p.is_dir() or not (p / "config.json").is_file():
         raise UserError(f"{what} {p} is not a model directory (expected config.json inside)")
     if not any(p.glob("*.safetensors")):
