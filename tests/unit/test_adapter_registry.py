@@ -127,3 +127,15 @@ def test_bottleneck_on_a_reward_model_trains_the_score_head(tiny_dir):
     model = apply_adapter(model, cfg, task_type="SEQ_CLS")
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert "score.weight" in trainable and sum(model.get_parameter(t).numel() for t in trainable) == n
+
+
+def test_eval_refuses_an_adapter_that_does_not_name_its_base_quantization(tiny_dir, tok, tmp_path):
+    """Evaluation loads the base as the adapter was trained on it; unknown is refused, not taken as fp32."""
+    from tunesmith.evaluate.run import Target, _load
+
+    _lora_adapter(tiny_dir, tok, tmp_path / "a")
+    model, _ = _load(Target("model", str(tiny_dir), str(tmp_path / "a")), "fp32")  # the sidecar says "none"
+    assert model.peft_config["default"].r == 4
+    (tmp_path / "a" / "tunesmith_adapter.json").unlink()
+    with pytest.raises(UserError, match='does not say which quantization .* "base_quantization": "none"'):
+        _load(Target("model", str(tiny_dir), str(tmp_path / "a")), "fp32")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from ..config import AdapterConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # config validation may ask the registry, so nothing here imports config at run time
+    from ..config import AdapterConfig
+
 from .counts import Dims, modules_to_save_count
 from .registry import get_spec, require_mergeable
 from .targets import adapted_linears, rank_warnings, resolve_target_modules

@@ -21,7 +21,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import AdapterConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # config validation may ask the registry, so nothing here imports config at run time
+    from ..config import AdapterConfig
+
 from .targets import adapted_linears, pattern_value, resolve_target_modules
 
 

@@ -6,7 +6,11 @@ The registry (`registry.py`) names which builder belongs to which `adapter.type`
 
 from __future__ import annotations
 
-from ..config import AdapterConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # config validation may ask the registry, so nothing here imports config at run time
+    from ..config import AdapterConfig
+
 from ..errors import ConfigError
 from .targets import resolve_target_modules
 
