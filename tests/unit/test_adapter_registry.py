@@ -137,5 +137,5 @@ def test_eval_refuses_an_adapter_that_does_not_name_its_base_quantization(tiny_d
     model, _ = _load(Target("model", str(tiny_dir), str(tmp_path / "a")), "fp32")  # the sidecar says "none"
     assert model.peft_config["default"].r == 4
     (tmp_path / "a" / "tunesmith_adapter.json").unlink()
-    with pytest.raises(UserError, match='does not say which quantization .* "base_quantization": "none"'):
+    with pytest.raises(UserError, match=r'does not say which quantization .*\{"base_quantization": "none"\}'):
         _load(Target("model", str(tiny_dir), str(tmp_path / "a")), "fp32")
