@@ -24,6 +24,7 @@ __all__ = [
     "adapter_type_of", "adapter_warnings", "allowed_options", "apply_adapter", "base_quantization", "can_merge",
     "closed_form_trainable", "dora_config", "get_spec", "ia3_config", "linear_module_names", "load_adapter",
     "lora_config", "merge_adapter", "prefix_config", "prompt_config", "ptuning_config", "read_sidecar",
-    "require_mergeable", "require_not_adapter", "resolve_target_modules", "save_adapter", "short_load_error", "training_quantization",
+    "require_mergeable", "require_not_adapter", "resolve_target_modules", "save_adapter", "short_load_error",
+    "training_quantization",
     "unknown_quantization",
 ]

@@ -39,7 +39,8 @@ class Dims:
     def of(cls, model) -> Dims:
         c = model.config
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        return cls(c.hidden_size, c.num_hidden_layers, head_dim * (getattr(c, "num_key_value_heads", None) or c.num_attention_heads))
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return cls(c.hidden_size, c.num_hidden_layers, head_dim * kv_heads)
 
 
 def modules_to_save_count(model, names: list[str]) -> int:

@@ -26,6 +26,7 @@ class AdapterSpec:
     task_types: tuple[str, ...] = ("CAUSAL_LM", "SEQ_CLS")  # SEQ_CLS: a reward model's scalar head trains too
     quantized: bool = True  # trains on a 4/8-bit bitsandbytes base
     virtual_tokens: bool = False  # prepends learned tokens (no packing, no reward/preference forward)
+    weighted_merge: bool = False  # several adapters merge as W0 + Σ w_i·ΔW_i (a scale per adapter is linear)
 
     @property
     def can_merge(self) -> bool:
@@ -39,7 +40,7 @@ class AdapterSpec:
 _PROMPT_WHY = "it prepends learned input embeddings, which no weight matrix can express"
 SPECS: dict[str, AdapterSpec] = {s.name: s for s in (
     AdapterSpec("lora", "low-rank B·A per adapted matrix", counts.lora_count, _LORA_OPTIONS,
-                peft_builders.lora_config, "LORA"),
+                peft_builders.lora_config, "LORA", weighted_merge=True),
     AdapterSpec("dora", "LoRA + a magnitude vector per adapted matrix", counts.dora_count, _LORA_OPTIONS,
                 peft_builders.dora_config, "LORA"),
     AdapterSpec("ia3", "one scaling vector per adapted module", counts.ia3_count, ("target_modules", "ia3"),

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from ..adapters import adapter_type_of, require_mergeable, short_load_error, training_quantization, unknown_quantization
+from ..adapters import (adapter_type_of, get_spec, require_mergeable, short_load_error, training_quantization,
+                        unknown_quantization)
 from ..errors import UserError
 from .io import (DTYPES, VerificationError, atomic_dir, check_adapter_dir, check_model_dir, check_out, dir_size,
                  read_json, write_text_atomic)
@@ -71,8 +72,7 @@ def attach_adapters(model, adapters: list[Path], weights: list[float]):
     except (ValueError, KeyError, RuntimeError) as e:
         raise UserError(f"could not apply adapter to the base (was it trained on this base?): {short_load_error(e)}") from None
     if len(adapters) > 1 or weights[0] != 1.0:
-        cfgs = [peft_model.peft_config[n] for n in names]
-        bad = [str(a) for a, c in zip(adapters, cfgs) if c.peft_type.value != "LORA" or getattr(c, "use_dora", False)]
+        bad = [str(a) for a in adapters if not get_spec(adapter_type_of(a)).weighted_merge]
         if bad:
             raise UserError(f"weighted merge supports plain LoRA adapters only; {bad} are not (merge them one at a time)")
         for module in peft_model.modules():
