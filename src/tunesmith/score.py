@@ -63,23 +63,28 @@ def _reward_source(path: str | Path) -> Path:
 
 
 def load_reward_model(path: str | Path):
-    """(model, tokenizer) from a reward run directory, or its adapter/ (any adapter type) or model/."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """(model, tokenizer) from a reward run directory, or its adapter/ (any adapter type) or model/. An
+    adapter's base is loaded quantized as in training (a QLoRA reward model on an fp32 base is another model)."""
+    from transformers import AutoTokenizer
 
-    from .adapters import load_adapter
+    from .adapters import load_adapter, training_quantization, unknown_quantization
+    from .config import ModelConfig
+    from .models.loading import load_model
 
     p = _reward_source(path)
     if (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
-        model = AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, use_safetensors=True)
+        model = load_model(ModelConfig(path=str(p), dtype="fp32"), head="score")
     else:
         meta = p / ("adapter_config.json" if (p / "adapter_config.json").is_file() else "bottleneck.json")
         base = json.loads(meta.read_text()).get("base_model_name_or_path")
         if not base:
             raise UserError(f"{meta} names no base model (base_model_name_or_path)")
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, use_safetensors=True)
-        except OSError as e:
-            raise UserError(f"could not load the base model {base} named in {meta}: {e}") from None
+        known = training_quantization(p)
+        if known is None:
+            raise unknown_quantization(p, "score it from its run directory")
+        quant, double_quant = known
+        model = load_model(ModelConfig(path=base, dtype="fp32", quantization=quant, double_quant=double_quant),
+                           compute_dtype=torch.float32, head="score")
         model = load_adapter(model, p)
     tok = AutoTokenizer.from_pretrained(p)
     return model.eval(), tok
@@ -98,8 +103,10 @@ def score_ids(model, sequences: list[list[int]], pad_id: int, padding_side: str 
     last = T - 1 - mask.flip(-1).argmax(-1)  # last position whose mask is 1, whatever the padding side
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, base.base_model_prefix)
+    device = next(model.parameters()).device  # the batch follows the model (GPU when there is one)
+    ids, mask, position_ids, last = ids.to(device), mask.to(device), position_ids.to(device), last.to(device)
     hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
-    return base.score(hidden[torch.arange(len(sequences)), last]).squeeze(-1).float()
+    return base.score(hidden[torch.arange(len(sequences), device=device), last]).squeeze(-1).float().cpu()
 
 
 def _encode(tok, prompt, response, where: str) -> list[int]:
