@@ -40,8 +40,8 @@ def base_quantization(model) -> tuple[str, bool]:
 
 def _task_type(model) -> str:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "SEQ_CLS" if any(a.endswith("ForSequenceClassification") for a in base.config.architectures or []) \
-        or type(base).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+    # The class, not config.architectures: that still names the checkpoint's class (a causal LM loaded with a new head).
+    return "SEQ_CLS" if type(base).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
 
 
 def _write_json(path: Path, data: dict) -> None:
