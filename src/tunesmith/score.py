@@ -1,7 +1,9 @@
 """`tunesmith score`: score prompt/response pairs with a trained reward model.
 
-The model is a reward run's `adapter/` (PEFT, on the base named in its adapter_config.json) or
-`model/` (full weights), or the run directory holding either. Rows are `{prompt, response}`
+The model is a reward run's `adapter/` (any adapter type, on the base its adapter_config.json or
+bottleneck.json names) or `model/` (full weights), or the run directory holding either. A model
+without a trained score head (a causal LM, an SFT or DPO run) is refused: loaded as a classifier it
+would get a random head and score with confidence. Rows are `{prompt, response}`
 (prompt/response strings or message lists), or preference rows (`prompt/chosen/rejected`, HH
 transcripts), which get both responses scored plus the pairwise accuracy. Rendering is the same
 as in training (the tokenizer saved with the model carries the chat template).
@@ -17,35 +19,74 @@ import os
 from pathlib import Path
 
 import torch
+import yaml
+
 from .console import progress_bar
 
-from .data.preference import _as_prompt, _as_response, parse_preference_row
+from .data.preference import as_prompt, as_response, parse_preference_row
 from .data.preference_encode import encode_prompt, encode_response
 from .data.readers import read_rows
 from .errors import UserError
 
 
-def load_reward_model(path: str | Path):
-    """(model, tokenizer) from an adapter or full-model directory, or a reward run directory."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _reward_source(path: str | Path) -> Path:
+    """The adapter/ or model/ directory of a reward model, after checking it has a *trained* score head:
+    a causal LM (or an SFT/DPO run) loaded as a sequence classifier gets a random head, and would score
+    as confidently as a real one."""
+    from .adapters import adapter_task_type
 
     p = Path(path)
+    run_cfg = p / "config.yaml"
+    if run_cfg.is_file() and ((p / "adapter").is_dir() or (p / "model").is_dir()):
+        try:
+            method = (yaml.safe_load(run_cfg.read_text()) or {}).get("method", "sft")
+        except (yaml.YAMLError, AttributeError):
+            method = "unknown"
+        if method != "reward":
+            raise UserError(f"{p} is a `method: {method}` run: it has no trained score head; `tunesmith score` needs "
+                            "a reward model (train one with `method: reward`)")
     for sub in ("adapter", "model"):
         if (p / sub).is_dir():
             p = p / sub
             break
-    if (p / "adapter_config.json").is_file():
-        from peft import PeftModel
+    if (p / "adapter_config.json").is_file() or (p / "bottleneck.json").is_file():
+        if adapter_task_type(p) != "SEQ_CLS":
+            raise UserError(f"{p} is a causal-LM adapter, not a reward model: it has no trained score head; "
+                            "`tunesmith score` needs a `method: reward` run")
+        return p
+    if (p / "config.json").is_file():
+        archs = json.loads((p / "config.json").read_text()).get("architectures") or []
+        if not any(str(a).endswith("ForSequenceClassification") for a in archs):
+            raise UserError(f"{p}/config.json says {archs or 'no architecture'}: not a model with a trained score head "
+                            "(a *ForSequenceClassification); `tunesmith score` needs a `method: reward` run")
+        return p
+    raise UserError(f"{path} holds no reward model: expected a run directory with adapter/ or model/, or one of those")
 
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise UserError(f"{p}/adapter_config.json names no base model (base_model_name_or_path)")
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, use_safetensors=True)
-        model = PeftModel.from_pretrained(model, p)
-    elif (p / "config.json").is_file():
-        model = AutoModelForSequenceClassification.from_pretrained(p, num_labels=1, use_safetensors=True)
+
+def load_reward_model(path: str | Path):
+    """(model, tokenizer) from a reward run directory, or its adapter/ (any adapter type) or model/. An
+    adapter's base is loaded quantized as in training (a QLoRA reward model on an fp32 base is another model)."""
+    from transformers import AutoTokenizer
+
+    from .adapters import load_adapter, training_quantization, unknown_quantization
+    from .config import ModelConfig
+    from .models.loading import load_model
+
+    p = _reward_source(path)
+    if (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
+        model = load_model(ModelConfig(path=str(p), dtype="fp32"), head="score")
     else:
-        raise UserError(f"{path} holds no reward model: expected a run directory with adapter/ or model/, or one of those")
+        meta = p / ("adapter_config.json" if (p / "adapter_config.json").is_file() else "bottleneck.json")
+        base = json.loads(meta.read_text()).get("base_model_name_or_path")
+        if not base:
+            raise UserError(f"{meta} names no base model (base_model_name_or_path)")
+        known = training_quantization(p)
+        if known is None:
+            raise unknown_quantization(p, "score it from its run directory")
+        quant, double_quant = known
+        model = load_model(ModelConfig(path=base, dtype="fp32", quantization=quant, double_quant=double_quant),
+                           compute_dtype=torch.float32, head="score")
+        model = load_adapter(model, p)
     tok = AutoTokenizer.from_pretrained(p)
     return model.eval(), tok
 
@@ -63,8 +104,10 @@ def score_ids(model, sequences: list[list[int]], pad_id: int, padding_side: str 
     last = T - 1 - mask.flip(-1).argmax(-1)  # last position whose mask is 1, whatever the padding side
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(base, base.base_model_prefix)
+    device = next(model.parameters()).device  # the batch follows the model (GPU when there is one)
+    ids, mask, position_ids, last = ids.to(device), mask.to(device), position_ids.to(device), last.to(device)
     hidden = backbone(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False).last_hidden_state
-    return base.score(hidden[torch.arange(len(sequences)), last]).squeeze(-1).float()
+    return base.score(hidden[torch.arange(len(sequences), device=device), last]).squeeze(-1).float().cpu()
 
 
 def _encode(tok, prompt, response, where: str) -> list[int]:
@@ -82,8 +125,8 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ov
     items = []  # (where, [sequence ids], is_pair)
     for row in read_rows(data):
         if "response" in row.data:
-            prompt = _as_prompt(row.data.get("prompt"), row.where)
-            seqs = [_encode(tok, prompt, _as_response(row.data["response"], row.where, "response"), row.where)]
+            prompt = as_prompt(row.data.get("prompt"), row.where)
+            seqs = [_encode(tok, prompt, as_response(row.data["response"], row.where, "response"), row.where)]
             items.append((row.where, seqs, False))
         else:
             pair = parse_preference_row(row)
@@ -108,6 +151,7 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ov
     if n_pairs:
         summary["accuracy"] = right / n_pairs
     if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(f"{out}.tmp{os.getpid()}")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in results))
         os.replace(tmp, out)

@@ -19,6 +19,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunesmith.adapters import save_adapter
 from tunesmith.cli import main
 from tunesmith.data.encode import IGNORE_INDEX, encode_conversation
 from tunesmith.data.formats import load_examples
@@ -35,7 +36,7 @@ def adapter_dir(tiny_dir, tmp_path_factory):
     base = AutoModelForCausalLM.from_pretrained(tiny_dir)
     peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     out = tmp_path_factory.mktemp("adapter") / "adapter"
-    peft.save_pretrained(out, safe_serialization=True)
+    save_adapter(peft, out)  # as `tunesmith train` saves it: with the sidecar naming the base's quantization
     AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(out)
     return out
 

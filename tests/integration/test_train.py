@@ -267,8 +267,12 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
                                                     **({"quantization_config": nf4_config()} if kind == "qlora" else {}))
         loaded = PeftModel.from_pretrained(base, out)
         tokenizer_files = {p.name for p in tiny_dir.iterdir()} - {"config.json", "generation_config.json", "model.safetensors"}
-        # README.md is PEFT's model card, written by save_pretrained.
-        assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"} | tokenizer_files
+        # README.md is PEFT's model card, written by save_pretrained; tunesmith_adapter.json says which base
+        # quantization the adapter was trained on (merge and eval read it).
+        assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md",
+                                                   "tunesmith_adapter.json"} | tokenizer_files
+        side = json.loads((out / "tunesmith_adapter.json").read_text())
+        assert side["base_quantization"] == ("nf4" if kind == "qlora" else "none") and side["task_type"] == "CAUSAL_LM"
     diff = (logits_of(loaded, ids) - expected).abs().max().item()
     assert diff < 1e-5, f"{out} computes other logits than the trained model: max |diff| {diff:.3g}"
     if kind != "full":

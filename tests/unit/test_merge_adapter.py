@@ -16,9 +16,12 @@ def _base(tiny_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
 
 
-def _make_adapter(tiny_dir, tok, path, peft_config, seed=0, quantized=None):
-    """A PEFT adapter with non-zero weights (as after training), saved with the tokenizer."""
+def _make_adapter(tiny_dir, tok, path, peft_config, seed=0, quantized=None, sidecar=True):
+    """A PEFT adapter with non-zero weights (as after training), saved with the tokenizer as `tunesmith
+    train` saves it (with tunesmith_adapter.json), or (sidecar=False) as PEFT alone / older runs did."""
     from peft import get_peft_model
+
+    from tunesmith.adapters import save_adapter
 
     torch.manual_seed(seed)
     model = get_peft_model(quantized if quantized is not None else _base(tiny_dir), peft_config)
@@ -26,7 +29,10 @@ def _make_adapter(tiny_dir, tok, path, peft_config, seed=0, quantized=None):
         for name, p in model.named_parameters():
             if "lora_B" in name or "ia3_l" in name:
                 p.add_(torch.randn_like(p) * 0.1)
-    model.save_pretrained(path, safe_serialization=True)
+    if sidecar:
+        save_adapter(model, path)
+    else:
+        model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
     return model.eval()
 
@@ -104,7 +110,8 @@ def test_qlora_adapter_merges_into_dequantized_base(tiny_dir, tok, tmp_path, qua
     base_q = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=q, device_map={"": "cpu"},
                                                   dtype=torch.float32)
     adapter = tmp_path / "run" / "adapter"
-    peft_q = _make_adapter(tiny_dir, tok, adapter, _lora(), quantized=base_q)
+    # A run saved before the sidecar existed: the quantization comes from the run's config.yaml.
+    peft_q = _make_adapter(tiny_dir, tok, adapter, _lora(), quantized=base_q, sidecar=False)
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump({"model": {"quantization": quantization,
                                                                             "double_quant": True}}))
     ids = probe_ids(tok)

@@ -98,13 +98,15 @@ def _text(value: Any, where: str, key: str) -> str:
     return value
 
 
-def _as_prompt(value: Any, where: str, key: str = "prompt") -> Messages:
+def as_prompt(value: Any, where: str, key: str = "prompt") -> Messages:
+    """A prompt (string or user-ending message list) as messages; public: `tunesmith score` reads prompts too."""
     msgs = [{"role": "user", "content": _text(value, where, key)}] if isinstance(value, str) else _messages(value, where, key)
     _check_alternation(msgs, where, key, last="user")
     return msgs
 
 
-def _as_response(value: Any, where: str, key: str) -> Messages:
+def as_response(value: Any, where: str, key: str) -> Messages:
+    """A response (string or assistant message list) as messages; public for the same reason."""
     msgs = [{"role": "assistant", "content": _text(value, where, key)}] if isinstance(value, str) else _messages(value, where, key)
     if msgs[0]["role"] != "assistant":
         raise RowError(where, f"'{key}' starts with a {msgs[0]['role']} turn", expected="the response to start with an assistant turn")
@@ -139,7 +141,7 @@ def split_shared_prefix(chosen: Messages, rejected: Messages, where: str) -> tup
                        expected="both conversations to start with the same turns up to the last user turn")
     prompt = chosen[:n]
     _check_alternation(prompt, where, "prompt", last="user")
-    return prompt, _as_response(chosen[n:], where, "chosen"), _as_response(rejected[n:], where, "rejected")
+    return prompt, as_response(chosen[n:], where, "chosen"), as_response(rejected[n:], where, "rejected")
 
 
 def parse_hh(text: str, where: str, key: str = "chosen") -> Messages:
@@ -184,8 +186,8 @@ def parse_preference_row(row: Row, columns: dict[str, str] | None = None, fmt: s
     if fmt == "explicit":
         if data.get("prompt") is None:
             raise RowError(where, "missing 'prompt'", expected=f"preference rows to have {PAIR_NEEDS}")
-        pair = PreferencePair(_as_prompt(data["prompt"], where), _as_response(chosen, where, "chosen"),
-                              _as_response(rejected, where, "rejected"), where)
+        pair = PreferencePair(as_prompt(data["prompt"], where), as_response(chosen, where, "chosen"),
+                              as_response(rejected, where, "rejected"), where)
     elif fmt == "hh":
         pair = PreferencePair(*split_shared_prefix(parse_hh(chosen, where, "chosen"), parse_hh(rejected, where, "rejected"), where), where)
     else:
@@ -213,7 +215,7 @@ def parse_kto_row(row: Row, columns: dict[str, str] | None = None) -> KTOExample
     for key in ("prompt", "completion", "label"):
         if data.get(key) is None:
             raise RowError(row.where, f"missing '{key}'", expected=f"KTO rows to have {KTO_NEEDS}")
-    return KTOExample(_as_prompt(data["prompt"], row.where), _as_response(data["completion"], row.where, "completion"),
+    return KTOExample(as_prompt(data["prompt"], row.where), as_response(data["completion"], row.where, "completion"),
                       _label(data["label"], row.where), row.where)
 
 

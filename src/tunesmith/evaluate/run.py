@@ -105,9 +105,14 @@ def _load(target: Target, dtype: str):
         tokenizer = load_tokenizer(target.path)
     quant, double_quant = "none", True
     if target.adapter:  # a QLoRA/int8 adapter is scored on the base it was trained on, quantized the same way
-        from ..merge.adapter import training_quantization
+        from ..adapters import SIDECAR, training_quantization, unknown_quantization
 
-        quant, double_quant = training_quantization(Path(target.adapter))
+        known = training_quantization(Path(target.adapter))
+        if known is None:
+            raise unknown_quantization(Path(target.adapter), f"evaluate it from its run directory, or write "
+                                       f'{Path(target.adapter) / SIDECAR} with {{"base_quantization": "none"}} '
+                                       '(or "nf4" / "int8", as it was trained)')
+        quant, double_quant = known
     model = load_model(ModelConfig(path=target.path, dtype=dtype, quantization=quant, double_quant=double_quant))
     if target.adapter:
         from ..adapters import load_adapter

@@ -15,6 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..adapters import require_not_adapter
 from ..errors import UserError
 from .gguf_quant import check_quant, quantize_with_llama_cpp, require_llama_cpp
 from .gguf_write import DIRECT_TYPES, WriteResult, read_hf_config, write_gguf
@@ -61,6 +62,7 @@ def _check_args(model: Path, out: Path, quant: str, overwrite: bool, verify: boo
     quant = check_quant(quant)
     if not model.is_dir():
         raise UserError(f"--model {model} is not a directory (expected a merged transformers model directory)")
+    require_not_adapter(model, "--model")
     read_hf_config(model)
     if out.suffix != ".gguf":
         raise UserError(f"--out {out} should end in .gguf (the Modelfile and report are written beside it)")

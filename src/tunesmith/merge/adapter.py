@@ -7,7 +7,8 @@ chat template): no PEFT needed to load it. PEFT's `merge_and_unload` does the pe
 Two things PEFT leaves to the caller, done here:
 * A QLoRA adapter was trained against the *dequantized* 4-bit (or 8-bit) weights, not the original
   fp16 ones. Merging it into the originals gives a model the adapter never saw (PEFT #851,
-  PITFALLS 15). So the base is quantized exactly as in training (read from the run's config.yaml),
+  PITFALLS 15). So the base is quantized exactly as in training (read from the adapter's
+  tunesmith_adapter.json, or an older run's config.yaml; unknown is an error, never a guess),
   dequantized to full precision, and the adapter is merged into that.
 * Several LoRA adapters merge as W = W0 + sum_i w_i * (alpha_i / r_i) B_i A_i: each adapter's
   scale is multiplied by its weight, then all are merged.
@@ -22,27 +23,15 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from ..adapters import (adapter_type_of, get_spec, require_mergeable, short_load_error, training_quantization,
+                        unknown_quantization)
 from ..errors import UserError
-from ..adapters import adapter_type_of, require_mergeable
 from .io import (DTYPES, VerificationError, atomic_dir, check_adapter_dir, check_model_dir, check_out, dir_size,
                  read_json, write_text_atomic)
 from .verify import compare_state_dicts, logits_on_probes, max_logit_diff, probe_ids
 
 QUANTIZATIONS = ("auto", "none", "nf4", "int8")
-
-
-def training_quantization(adapter_dir: Path) -> tuple[str, bool]:
-    """(quantization, double_quant) the adapter was trained with, from the run's config.yaml next to it."""
-    cfg_path = adapter_dir.parent / "config.yaml"
-    if not cfg_path.is_file():
-        return "none", True
-    try:
-        model_cfg = (yaml.safe_load(cfg_path.read_text()) or {}).get("model", {}) or {}
-    except yaml.YAMLError:
-        return "none", True
-    return str(model_cfg.get("quantization", "none")), bool(model_cfg.get("double_quant", True))
 
 
 def load_base(base: Path, quantization: str, double_quant: bool = True):
@@ -81,10 +70,9 @@ def attach_adapters(model, adapters: list[Path], weights: list[float]):
         for name, path in zip(names[1:], adapters[1:]):
             peft_model.load_adapter(str(path), adapter_name=name)
     except (ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"could not apply adapter to the base (was it trained on this base?): {e}") from None
+        raise UserError(f"could not apply adapter to the base (was it trained on this base?): {short_load_error(e)}") from None
     if len(adapters) > 1 or weights[0] != 1.0:
-        cfgs = [peft_model.peft_config[n] for n in names]
-        bad = [str(a) for a, c in zip(adapters, cfgs) if c.peft_type.value != "LORA" or getattr(c, "use_dora", False)]
+        bad = [str(a) for a in adapters if not get_spec(adapter_type_of(a)).weighted_merge]
         if bad:
             raise UserError(f"weighted merge supports plain LoRA adapters only; {bad} are not (merge them one at a time)")
         for module in peft_model.modules():
@@ -103,17 +91,18 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
 
     t0 = time.perf_counter()
     base = check_model_dir(base, "--base")
-    adapters = [check_adapter_dir(a) for a in (adapter if isinstance(adapter, list) else [adapter])]
+    adapters = [Path(a).expanduser() for a in (adapter if isinstance(adapter, list) else [adapter])]
     for a in adapters:  # prefix/prompt/P-tuning/bottleneck adapters are not a change of a weight
-        require_mergeable(adapter_type_of(a))
+        if any((a / name).is_file() for name in ("adapter_config.json", "bottleneck.json")):
+            require_mergeable(adapter_type_of(a))
+    adapters = [check_adapter_dir(a) for a in adapters]
     weights = list(weights) if weights else [1.0] * len(adapters)
     if len(weights) != len(adapters):
         raise UserError(f"--weights has {len(weights)} values for {len(adapters)} adapters; give one weight per adapter")
     if base_quantization not in QUANTIZATIONS:
         raise UserError(f"--base-quantization {base_quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
     out = check_out(out, overwrite)
-    quant, double_quant = (training_quantization(adapters[0]) if base_quantization == "auto"
-                           else (base_quantization, True))
+    quant, double_quant = _quantization(adapters, base_quantization)
     save_dtype = _save_dtype(base, dtype)
 
     tok_src = adapters[0] if (adapters[0] / "tokenizer_config.json").is_file() else base
@@ -141,6 +130,21 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
         write_text_atomic(tmp / "report.md", _report(summary))
     summary["size_bytes"] = dir_size(out)
     return summary
+
+
+def _quantization(adapters: list[Path], flag: str) -> tuple[str, bool]:
+    """--base-quantization, or (auto) what every adapter recorded; unknown or disagreeing is an error."""
+    if flag != "auto":
+        return flag, True
+    found = {}
+    for a in adapters:
+        q = training_quantization(a)
+        if q is None:
+            raise unknown_quantization(a, "pass --base-quantization none|nf4|int8 to say how it was trained")
+        found[str(a)] = q
+    if len(set(found.values())) > 1:
+        raise UserError(f"the adapters were trained on differently quantized bases {found}; merge them one at a time")
+    return next(iter(found.values()))
 
 
 def _save_dtype(base: Path, dtype: str) -> torch.dtype:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..adapters import require_not_adapter
 from ..errors import UserError
 from ..models.tiny import _apply_umask, _check_out, _move_into_place, _sibling
 
@@ -26,6 +27,7 @@ class VerificationError(UserError):
 
 def check_model_dir(path: str | Path, what: str) -> Path:
     p = Path(path).expanduser()
+    require_not_adapter(p, what)
     if not p.is_dir() or not (p / "config.json").is_file():
         raise UserError(f"{what} {p} is not a model directory (expected config.json inside)")
     if not any(p.glob("*.safetensors")):

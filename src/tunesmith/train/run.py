@@ -18,8 +18,7 @@ from typing import Callable
 
 import torch
 
-from ..adapter_counts import closed_form_trainable
-from ..adapters import apply_adapter, save_adapter
+from ..adapters import adapter_warnings, apply_adapter, closed_form_trainable, save_adapter
 from ..config import RunConfig, load_config
 from ..console import say  # noqa: F401 (also imported from here as train.run.say by older code)
 from ..data.pipeline import prepare_data
@@ -83,12 +82,15 @@ def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
                                                 gradient_checkpointing_kwargs=gc_kwargs)
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    task_type = "SEQ_CLS" if head == "score" else "CAUSAL_LM"
     if cfg.adapter.type == "none":
         model.requires_grad_(True)
     else:
-        expected, formula = closed_form_trainable(model, cfg.adapter)
+        expected, formula = closed_form_trainable(model, cfg.adapter, task_type)
         say(f"adapter: {cfg.adapter.type}, closed form {formula} = {expected:,} trainable parameters")
-    model = apply_adapter(model, cfg.adapter, task_type="SEQ_CLS" if head == "score" else "CAUSAL_LM")
+        for warning in adapter_warnings(model, cfg.adapter):
+            say(warning)
+    model = apply_adapter(model, cfg.adapter, task_type=task_type)
     # Master weights: whatever trains is fp32, whatever the storage dtype (PITFALLS 13).
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
