@@ -67,10 +67,17 @@ def unpacked(examples: list[Encoded]) -> list[Row]:
     return [Row([e]) for e in examples]
 
 
-def collate(rows: list[Row], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+PAD_MULTIPLE = 8  # row lengths are rounded up to a multiple of 8 (tensor-core friendly shapes)
+
+
+def padded_length(n: int) -> int:
+    return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
     """(B, T) input_ids, labels and position_ids, right-padded to the longest row of the batch."""
     longest = max(len(r) for r in rows)
-    T = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    T = padded_length(longest)
     input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), T), dtype=torch.long)

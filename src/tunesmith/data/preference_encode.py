@@ -28,7 +28,7 @@ import torch
 
 from ..errors import DataError
 from .encode import IGNORE_INDEX
-from .packing import first_fit_decreasing
+from .packing import first_fit_decreasing, padded_length
 from .preference import KTOExample, PreferencePair
 
 
@@ -133,12 +133,12 @@ def truncate(prompt_ids: list[int], responses: list[list[int]], max_prompt_lengt
 # --- collation ---------------------------------------------------------------------------------------
 
 
-def pack_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+def pack_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """(prompt, response) pairs -> one padding-free row: input_ids, labels (response tokens only),
     position_ids restarting per sequence, seq_index (which sequence each token belongs to), and
     ends (flat index of each sequence's last token)."""
     total = sum(len(p) + len(r) for p, r in seqs)
-    T = -(-total // pad_to_multiple_of) * pad_to_multiple_of
+    T = padded_length(total)
     input_ids = torch.full((1, T), pad_id, dtype=torch.long)
     labels = torch.full((1, T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((1, T), dtype=torch.long)
@@ -163,8 +163,7 @@ def pack_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int, pad_to_
             "src": src, "tgt": labels[0, 1:][keep], "seq": seq_index[0, 1:][keep]}
 
 
-def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_id: int,
-                       pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """(prompt, chosen, rejected) -> rows of [prompt | chosen | rejected] blocks, right-padded.
 
     Pairs are packed first-fit into rows as long as the longest pair, so short pairs share a row
@@ -175,7 +174,7 @@ def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_
     Sequence 2b is pair b's chosen, 2b + 1 its rejected, whatever row the pair lands in."""
     lengths = [len(p) + len(c) + len(r) for p, c, r in pairs]
     bins = first_fit_decreasing(lengths, max(lengths))
-    T = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
+    T = padded_length(max(lengths))
     input_ids = torch.full((len(bins), T), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(bins), T), dtype=torch.long)
     mask = torch.eye(T, dtype=torch.bool).repeat(len(bins), 1, 1)

@@ -35,7 +35,7 @@ class KTOObjective(Objective):
         return SequenceLogps(model, self.cfg.train.loss_chunk_size)
 
     def setup(self, ctx: SetupContext) -> None:
-        self.reference = Reference.build(ctx.wrapper, needs_model=True)
+        self.reference = Reference.build(ctx.wrapper)
 
     def loss_units(self, batch: dict) -> int:
         return len(batch["kto_labels"])

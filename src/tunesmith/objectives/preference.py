@@ -93,7 +93,7 @@ class DPOObjective(PairObjective):
             table = precompute(ctx, rows, self.collate, self.cfg.train.micro_batch_size, self.cfg, progress=self.cfg.train.progress)
             self.ref_table = table.to(ctx.device)
         else:
-            self.reference = Reference.build(ctx.wrapper, needs_model=True)
+            self.reference = Reference.build(ctx.wrapper)
 
     def reference_logps(self, model, batch: dict) -> torch.Tensor:
         """(2B,) reference log-probs in the batch's sequence order (chosen_0, rejected_0, ...)."""

@@ -46,8 +46,8 @@ class Reference:
         self.frozen = frozen  # a frozen SequenceLogps copy for full fine-tuning, else None
 
     @classmethod
-    def build(cls, wrapper, needs_model: bool) -> "Reference":
-        if not needs_model or adapter_disabled(wrapper) is not None:
+    def build(cls, wrapper) -> "Reference":
+        if adapter_disabled(wrapper) is not None:
             return cls(None)
         frozen = copy.deepcopy(inner(wrapper)).eval()
         frozen.requires_grad_(False)
