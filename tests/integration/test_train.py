@@ -552,10 +552,9 @@ def test_two_processes_match_one(make_config, tmp_path):
 
 
 def _torchrun(config: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tunesmith.cli", "train", str(config), *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    from torchrun import torchrun_train
+
+    return torchrun_train(config, *args)
 
 
 @pytest.mark.multiprocess
