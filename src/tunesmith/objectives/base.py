@@ -21,7 +21,11 @@ which method is training (DESIGN principle 2). In the order a run calls them:
                               current weights), score the completions, compute advantages (and old /
                               reference log-probs), and return the micro-batches of generated rows.
                               Every process must return the same number of micro-batches (DDP/FSDP
-                              synchronise per micro-batch); the loop counts `loss_units` over them.
+                              synchronise per micro-batch), each a non-empty list of rows whose
+                              len() is its token count (throughput); the loop counts `loss_units`
+                              over the collated batches. Switch `policy` to eval mode for sampling
+                              and back; anything the step needs later (old log-probs, advantages,
+                              rewards) travels in the rows and comes out of `collate` as tensors.
     collate(rows, pad_id)     -> dict of tensors: one micro-batch (the loop moves it to the device)
     loss_units(batch)         -> int: what the step's summed loss is divided by (label tokens for
                               SFT, pairs for DPO, examples for KTO), summed over the whole step's
