@@ -54,7 +54,10 @@ class PairObjective(Objective):
         return SequenceLogps(model, self.cfg.train.loss_chunk_size)
 
     def report_sections(self, run_dir) -> list[tuple[str, str]]:
-        return report_sections(run_dir, self.cfg.method if self.cfg.method != "dpo" else f"dpo ({self.cfg.dpo.loss})")
+        return report_sections(run_dir, self.title())
+
+    def title(self) -> str:
+        return self.cfg.method
 
 
 class RewardObjective(PairObjective):
@@ -94,6 +97,9 @@ class DPOObjective(PairObjective):
             self.ref_table = table.to(ctx.device)
         else:
             self.reference = Reference.build(ctx.wrapper)
+
+    def title(self) -> str:
+        return f"dpo ({self.cfg.dpo.loss})"
 
     def reference_logps(self, model, batch: dict) -> torch.Tensor:
         """(2B,) reference log-probs in the batch's sequence order (chosen_0, rejected_0, ...)."""
