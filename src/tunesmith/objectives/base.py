@@ -18,7 +18,8 @@ which method is training (DESIGN principle 2). In the order a run calls them:
                               micro-batch is collated. Default: the rows as they are (offline data).
                               Online RL (GRPO, RLOO, PPO) overrides it: the rows are prompts;
                               generate with `policy` (the unwrapped module `wrap` returned, with the
-                              current weights), score the completions, compute advantages (and old /
+                              current weights; `policy.model` is the transformers / PEFT model that
+                              `generate` runs on), score the completions, compute advantages (and old /
                               reference log-probs), and return the micro-batches of generated rows.
                               Every process must return the same number of micro-batches (DDP/FSDP
                               synchronise per micro-batch), each a non-empty list of rows whose
