@@ -18,12 +18,12 @@ import pytest
 import torch
 import yaml
 
-import tunesmith.train.run as run_mod
 from tunesmith.adapters import (adapter_type_of, apply_adapter, can_merge, closed_form_trainable, load_adapter,
                                 merge_adapter)
 from tunesmith.config import AdapterConfig
 from tunesmith.errors import UserError
 from tunesmith.models.loading import count_parameters
+from tunesmith.train.callbacks import Callback
 from tunesmith.train.forward import CausalLMLoss
 from tunesmith.train.metrics import read_metrics
 from tunesmith.train.run import train
@@ -64,18 +64,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+class Spy(Callback, dict):
+    """Training callback: "model" (what build_model built) and "initial" (its parameters before step 1)."""
+
+    def on_train_start(self, module, optimizer):
+        self["model"] = module.model
+        self["initial"] = {n: p.detach().clone() for n, p in module.model.named_parameters()}
+
+
 @pytest.fixture
-def spy(monkeypatch):
-    seen = {}
-    real = run_mod.build_model
-
-    def build_model(cfg, device):
-        seen["model"] = model = real(cfg, device)
-        seen["initial"] = {n: p.detach().clone() for n, p in model.named_parameters()}
-        return model
-
-    monkeypatch.setattr(run_mod, "build_model", build_model)
-    return seen
+def spy():
+    return Spy()
 
 
 def _config(tmp_path, tiny_dir, alpaca64, adapter: dict, lr: float, steps: int = 12, **model) -> dict:
@@ -127,7 +126,7 @@ def test_method_trains_saves_and_loads(name, tmp_path, tiny_dir, alpaca64, tok, 
     adapter, lr, by_hand, marker = METHODS[name]
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(_config(tmp_path, tiny_dir, alpaca64, adapter, lr)))
-    summary = train(cfg_path)
+    summary = train(cfg_path, callbacks=[spy])
 
     # The count: measured == closed form by hand == closed form in code; and train printed it.
     assert summary["trainable_params"] == by_hand
@@ -205,7 +204,7 @@ def test_rslora_and_patterns_count(tiny_dir):
     assert v.r["default"] == 2 and v.scaling["default"] == pytest.approx(2 / 2 ** 0.5)
 
 
-def test_modules_to_save_trains_embeddings(tmp_path, tiny_dir, alpaca64, spy):
+def test_modules_to_save_trains_embeddings(tmp_path, tiny_dir, alpaca64):
     """New tokens need trainable embeddings: modules_to_save adds embed_tokens in full to the count."""
     adapter = {"type": "lora", "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj"],
                "modules_to_save": ["embed_tokens"]}
@@ -231,7 +230,7 @@ def test_method_on_a_quantized_base(quant, name, tmp_path, tiny_dir, alpaca64, s
     adapter, lr, by_hand, _ = METHODS[name]
     cfg = _config(tmp_path, tiny_dir, alpaca64, adapter, lr, steps=4, quantization=quant)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    summary = train(tmp_path / "cfg.yaml")
+    summary = train(tmp_path / "cfg.yaml", callbacks=[spy])
     assert summary["trainable_params"] == by_hand and summary["quantization"] == quant
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "loss" in r]
     assert losses[-1] < losses[0], losses
@@ -283,7 +282,7 @@ def test_gradient_checkpointing(name, tmp_path, tiny_dir, alpaca64, spy):
     cfg = _config(tmp_path, tiny_dir, alpaca64, adapter, lr, steps=2)
     cfg["train"]["gradient_checkpointing"] = True
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    train(tmp_path / "cfg.yaml")
+    train(tmp_path / "cfg.yaml", callbacks=[spy])
     for n, p in spy["model"].named_parameters():
         if p.requires_grad:
             assert not torch.equal(p.detach(), spy["initial"][n]), n

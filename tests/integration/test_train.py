@@ -5,9 +5,9 @@ train trains and nothing else moves, the run directory holds exactly the documen
 readers (transformers, PEFT) load the output and compute what the trained model computed, and the
 traps of ../shared/PITFALLS.md (1, 13, 14, 18, 19) stay closed.
 
-Models under training are observed through `spy`, which wraps `build_model` / `build_optimizer` of
-`tunesmith.train.run`: it keeps the model object the loop trains, a copy of its parameters at
-the start, and every gradient the optimizer is handed. Nothing else in the run is altered.
+Models under training are observed through `spy`, a training callback: it keeps the model object
+the loop trains, a copy of its parameters at the start, and every gradient the optimizer is
+handed. Nothing in the run is altered.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -29,10 +28,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import tunesmith.train.run as run_mod
 from tunesmith.errors import TrainingError, UserError
 from tunesmith.models.tiny import CHATML_TEMPLATE
 from tunesmith.train import checkpoint as ckpt
+from tunesmith.train.callbacks import Callback
 from tunesmith.train.metrics import read_metrics
 from tunesmith.train.run import train
 
@@ -87,37 +86,26 @@ def make_config(tmp_path, tiny_dir, alpaca64):
     return make
 
 
-@dataclass
-class Spy:
-    model: torch.nn.Module | None = None  # what build_model returned: the model the loop trains
-    initial: dict[str, torch.Tensor] = field(default_factory=dict)  # its parameters before step 1
-    grads: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per optimizer step
+class Spy(Callback):
+    """Watches a run through its callbacks: the model the loop trains, its parameters before step 1,
+    and the gradients the optimizer is handed at each step. Pass it as `train(..., callbacks=[spy])`."""
+
+    def __init__(self):
+        self.model: torch.nn.Module | None = None  # what build_model built: the model the loop trains
+        self.initial: dict[str, torch.Tensor] = {}  # its parameters before step 1
+        self.grads: list[dict[str, torch.Tensor]] = []  # per optimizer step
+
+    def on_train_start(self, module, optimizer):
+        self.model = module.model
+        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def on_before_optimizer_step(self, step, module):
+        self.grads.append({n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None})
 
 
 @pytest.fixture
-def spy(monkeypatch) -> Spy:
-    s = Spy()
-    real_build_model, real_build_optimizer = run_mod.build_model, run_mod.build_optimizer
-
-    def build_model(cfg, device):
-        s.model = real_build_model(cfg, device)
-        s.initial = {n: p.detach().clone() for n, p in s.model.named_parameters()}
-        return s.model
-
-    def build_optimizer(module, train_cfg):
-        opt = real_build_optimizer(module, train_cfg)
-        names = {id(p): n for n, p in module.named_parameters()}
-
-        def before_step(optimizer, args, kwargs):
-            s.grads.append({names[id(p)]: p.grad.detach().clone()
-                            for g in optimizer.param_groups for p in g["params"] if p.grad is not None})
-
-        opt.register_step_pre_hook(before_step)
-        return opt
-
-    monkeypatch.setattr(run_mod, "build_model", build_model)
-    monkeypatch.setattr(run_mod, "build_optimizer", build_optimizer)
-    return s
+def spy() -> Spy:
+    return Spy()
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -193,7 +181,7 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
         overrides.update({"adapter.r": 16, "adapter.alpha": 32, "adapter.dropout": 0.05, "train.lr": 2e-3})
     if kind == "qlora":
         overrides["model.quantization"] = "nf4"
-    summary = train(make_config(kind, **overrides))
+    summary = train(make_config(kind, **overrides), callbacks=[spy])
     run_dir = Path(summary["run_dir"])
     out_name = "model" if kind == "full" else "adapter"
 
@@ -290,7 +278,7 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
 
 def test_gradient_checkpointing_trains_every_lora_b(make_config, spy):
     summary = train(make_config("gc", **{"train.gradient_checkpointing": True, "train.max_steps": 1,
-                                         "train.save_every": 1, "train.lr": 1e-3}))
+                                         "train.save_every": 1, "train.lr": 1e-3}), callbacks=[spy])
     # The path under test really ran (what transformers' is_gradient_checkpointing checks, without its rename warning).
     assert any(getattr(m, "gradient_checkpointing", False) for m in spy.model.modules())
     weights = load_file(str(Path(summary["run_dir"]) / "checkpoints/step-1/trainable.safetensors"))
@@ -323,7 +311,7 @@ def test_micro_batch_and_accumulation_give_the_same_step(make_config, spy, monke
         spy.grads.clear()
         summary = train(make_config(f"mb{micro}x{accum}", **{
             "adapter.type": "none", "train.micro_batch_size": micro, "train.grad_accum_steps": accum,
-            "train.max_steps": 1, "train.max_grad_norm": 0, "train.lr": 1e-3, "train.save_every": 1}))
+            "train.max_steps": 1, "train.max_grad_norm": 0, "train.lr": 1e-3, "train.save_every": 1}), callbacks=[spy])
         run_dir = Path(summary["run_dir"])
         (record,) = read_metrics(run_dir / "metrics.jsonl")
         weights = load_file(str(run_dir / "checkpoints/step-1/trainable.safetensors"))
@@ -461,7 +449,7 @@ def test_nan_loss_stops_before_touching_the_weights(make_config, spy, monkeypatc
     config = make_config("nan", **{"train.max_steps": 8, "train.save_every": 2})
     run_dir = Path(yaml.safe_load(config.read_text())["output_dir"])
     with pytest.raises(TrainingError) as e:
-        train(config)
+        train(config, callbacks=[spy])
     msg = str(e.value)
     assert "step 4" in msg and "not finite" in msg
     assert str(run_dir / "checkpoints" / "step-2") in msg
@@ -568,10 +556,9 @@ def test_two_processes_match_one(make_config, tmp_path):
 
 
 def _torchrun(config: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "tunesmith.cli", "train", str(config), *args],
-                          env=env, capture_output=True, text=True, timeout=300)
+    from torchrun import torchrun_train
+
+    return torchrun_train(config, *args)
 
 
 @pytest.mark.multiprocess

@@ -70,7 +70,7 @@ def test_collate_pairs_shares_the_prompt():
     One row per pair, padded to 8; rejected positions restart where the prompt ends (a: 2, 3; b: 1);
     the first token of each response is predicted from the prompt's last row (a: row 1, b: row 8 + 0),
     later ones from the row before them; rejected never attends to chosen."""
-    rows = [EncodedPair([1, 2], [3], [4, 5], "a"), EncodedPair([6], [7, 8], [9], "b", ref_chosen=-1.0, ref_rejected=-2.0)]
+    rows = [EncodedPair([1, 2], [3], [4, 5], "a"), EncodedPair([6], [7, 8], [9], "b", id=7)]
     b = collate_pairs(rows, pad_id=0)
     assert b["input_ids"].tolist() == [[1, 2, 3, 4, 5, 0, 0, 0], [6, 7, 8, 9, 0, 0, 0, 0]]
     assert b["position_ids"][0, :5].tolist() == [0, 1, 2, 2, 3] and b["position_ids"][1, :4].tolist() == [0, 1, 2, 1]
@@ -83,7 +83,7 @@ def test_collate_pairs_shares_the_prompt():
     assert m[3].nonzero().flatten().tolist() == [0, 1, 3]  # rejected's first token: prompt, not chosen
     assert m[4].nonzero().flatten().tolist() == [0, 1, 3, 4]
     assert m[6].nonzero().flatten().tolist() == [6]  # padding sees only itself (no all-masked row)
-    assert torch.isnan(b["ref_logps"][:2]).all() and b["ref_logps"][2:].tolist() == [-1.0, -2.0]
+    assert b["row_ids"].tolist() == [-1, 7]  # the rows of a precomputed reference table
 
 
 def test_short_pairs_share_a_row():

@@ -2,6 +2,7 @@
 move the reward (PITFALLS 11), and DPO with LoRA starts at ln 2 with the adapter-disabled base as
 its reference (PITFALLS 9)."""
 
+import contextlib
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from tunesmith.config import load_config
 from tunesmith.data.encode import resolve_chat_template
 from tunesmith.data.preference import PreferencePair
 from tunesmith.data.preference_encode import collate_pairs, encode_pair
-from tunesmith.objectives import get_objective
+from tunesmith.data.pipeline import PreparedData
+from tunesmith.objectives import SetupContext, get_objective
 from tunesmith.objectives.logps import SequenceLogps, SequenceScores, sequence_logps
 from tunesmith.score import score_ids
 from tunesmith.train.run import build_model
@@ -40,6 +42,11 @@ def _cfg(tiny_dir, *extra):
 def _rows(tok):
     resolve_chat_template(tok, "auto")
     return [encode_pair(p, tok) for p in PAIRS]
+
+
+def _ctx(wrapper, rows, tok) -> SetupContext:
+    data = PreparedData(rows, [])
+    return SetupContext(wrapper, data, tok.pad_token_id, tok, torch.device("cpu"), 0, 1, lambda t: t, contextlib.nullcontext, print)
 
 
 def _alone_logps(model, prompt, response):
@@ -99,7 +106,7 @@ def test_dpo_with_lora_starts_at_ln2_without_a_model_copy(tiny_dir, tok):
     wrapper = SequenceLogps(model, 1024)
     objective = get_objective("dpo", cfg)
     rows = _rows(tok)
-    objective.setup(wrapper, type("D", (), {"train": rows, "eval": []})(), tok.pad_token_id, torch.device("cpu"))
+    objective.setup(_ctx(wrapper, rows, tok))
     assert objective.reference.frozen is None  # no second copy of the weights
     batch = collate_pairs(rows, tok.pad_token_id)
     loss_sum, metrics = objective.step(wrapper, batch)
@@ -119,7 +126,7 @@ def test_full_finetuning_reference_is_a_frozen_copy(tiny_dir, tok):
     model = build_model(cfg, torch.device("cpu"))
     wrapper = SequenceLogps(model, 1024)
     objective = get_objective("dpo", cfg)
-    objective.setup(wrapper, type("D", (), {"train": _rows(tok), "eval": []})(), tok.pad_token_id, torch.device("cpu"))
+    objective.setup(_ctx(wrapper, _rows(tok), tok))
     frozen = objective.reference.frozen
     assert frozen is not None and not any(p.requires_grad for p in frozen.parameters())
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(frozen.parameters(), wrapper.parameters()))

@@ -31,27 +31,34 @@ class Row:
         return sum(s.n_labels for s in self.segments)
 
 
+def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Indices grouped into bins whose lengths sum to at most `capacity`, longest first, each into
+    the first bin with room. Used for SFT rows (`pack`) and for pairs sharing a row (preference)."""
+    bins: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for k, room in enumerate(free):
+            if room >= lengths[i]:
+                bins[k].append(i)
+                free[k] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            free.append(capacity - lengths[i])
+    return bins
+
+
 def pack(examples: list[Encoded], max_length: int, seed: int = 0) -> list[Row]:
     """First-fit decreasing into rows of at most max_length tokens, then shuffled (seeded).
 
     FFD keeps padding below a few percent; the shuffle undoes its sort by length so a batch is not
     all long or all short examples.
     """
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]))
-    rows: list[Row] = []
-    free: list[int] = []
-    for i in order:
-        n = len(examples[i])
-        if n > max_length:
-            raise ValueError(f"{examples[i].where}: {n} tokens > max_length {max_length}; filter before packing")
-        for r, space in enumerate(free):
-            if space >= n:
-                rows[r].segments.append(examples[i])
-                free[r] -= n
-                break
-        else:
-            rows.append(Row([examples[i]]))
-            free.append(max_length - n)
+    for e in examples:
+        if len(e) > max_length:
+            raise ValueError(f"{e.where}: {len(e)} tokens > max_length {max_length}; filter before packing")
+    bins = first_fit_decreasing([len(e) for e in examples], max_length)
+    rows = [Row([examples[i] for i in b]) for b in bins]
     random.Random(seed).shuffle(rows)
     return rows
 
@@ -60,10 +67,17 @@ def unpacked(examples: list[Encoded]) -> list[Row]:
     return [Row([e]) for e in examples]
 
 
-def collate(rows: list[Row], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+PAD_MULTIPLE = 8  # row lengths are rounded up to a multiple of 8 (tensor-core friendly shapes)
+
+
+def padded_length(n: int) -> int:
+    return -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+def collate(rows: list[Row], pad_id: int) -> dict[str, torch.Tensor]:
     """(B, T) input_ids, labels and position_ids, right-padded to the longest row of the batch."""
     longest = max(len(r) for r in rows)
-    T = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
+    T = padded_length(longest)
     input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((len(rows), T), dtype=torch.long)

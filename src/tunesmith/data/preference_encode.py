@@ -28,6 +28,7 @@ import torch
 
 from ..errors import DataError
 from .encode import IGNORE_INDEX
+from .packing import first_fit_decreasing, padded_length
 from .preference import KTOExample, PreferencePair
 
 
@@ -37,11 +38,20 @@ class EncodedPair:
     chosen_ids: list[int]  # the continuation after prompt_ids
     rejected_ids: list[int]
     where: str
-    ref_chosen: float = float("nan")  # precomputed reference log-probs, when dpo.precompute_ref
-    ref_rejected: float = float("nan")
+    id: int = -1  # position in train + eval, set by the pipeline: the row of the precomputed reference log-probs
 
     def __len__(self) -> int:
         return 2 * len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.chosen_ids) + len(self.rejected_ids)
+
+    def responses(self) -> list[list[int]]:
+        return [self.chosen_ids, self.rejected_ids]
+
+    def cut(self, prompt_ids: list[int], responses: list[list[int]]) -> "EncodedPair":
+        return EncodedPair(prompt_ids, responses[0], responses[1], self.where)
 
     def sequences(self) -> list[tuple[list[int], list[int]]]:
         return [(self.prompt_ids, self.chosen_ids), (self.prompt_ids, self.rejected_ids)]
@@ -53,10 +63,20 @@ class EncodedKTO:
     completion_ids: list[int]
     label: bool
     where: str
-    ref: float = float("nan")
+    id: int = -1
 
     def __len__(self) -> int:
         return len(self.prompt_ids) + len(self.completion_ids)
+
+    @property
+    def n_labels(self) -> int:
+        return len(self.completion_ids)
+
+    def responses(self) -> list[list[int]]:
+        return [self.completion_ids]
+
+    def cut(self, prompt_ids: list[int], responses: list[list[int]]) -> "EncodedKTO":
+        return EncodedKTO(prompt_ids, responses[0], self.label, self.where)
 
 
 def _render(tokenizer, messages, add_generation_prompt=False) -> str:
@@ -113,12 +133,12 @@ def truncate(prompt_ids: list[int], responses: list[list[int]], max_prompt_lengt
 # --- collation ---------------------------------------------------------------------------------------
 
 
-def pack_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int, pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+def pack_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """(prompt, response) pairs -> one padding-free row: input_ids, labels (response tokens only),
     position_ids restarting per sequence, seq_index (which sequence each token belongs to), and
     ends (flat index of each sequence's last token)."""
     total = sum(len(p) + len(r) for p, r in seqs)
-    T = -(-total // pad_to_multiple_of) * pad_to_multiple_of
+    T = padded_length(total)
     input_ids = torch.full((1, T), pad_id, dtype=torch.long)
     labels = torch.full((1, T), IGNORE_INDEX, dtype=torch.long)
     position_ids = torch.zeros((1, T), dtype=torch.long)
@@ -143,24 +163,7 @@ def pack_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int, pad_to_
             "src": src, "tgt": labels[0, 1:][keep], "seq": seq_index[0, 1:][keep]}
 
 
-def _first_fit(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit decreasing: indices grouped into bins whose lengths sum to at most `capacity`."""
-    bins: list[list[int]] = []
-    free: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
-        for k, room in enumerate(free):
-            if room >= lengths[i]:
-                bins[k].append(i)
-                free[k] -= lengths[i]
-                break
-        else:
-            bins.append([i])
-            free.append(capacity - lengths[i])
-    return bins
-
-
-def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_id: int,
-                       pad_to_multiple_of: int = 8) -> dict[str, torch.Tensor]:
+def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """(prompt, chosen, rejected) -> rows of [prompt | chosen | rejected] blocks, right-padded.
 
     Pairs are packed first-fit into rows as long as the longest pair, so short pairs share a row
@@ -170,8 +173,8 @@ def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_
     chosen; padding sees only itself (a query row with nothing to attend to would be NaN).
     Sequence 2b is pair b's chosen, 2b + 1 its rejected, whatever row the pair lands in."""
     lengths = [len(p) + len(c) + len(r) for p, c, r in pairs]
-    bins = _first_fit(lengths, max(lengths))
-    T = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
+    bins = first_fit_decreasing(lengths, max(lengths))
+    T = padded_length(max(lengths))
     input_ids = torch.full((len(bins), T), pad_id, dtype=torch.long)
     position_ids = torch.zeros((len(bins), T), dtype=torch.long)
     mask = torch.eye(T, dtype=torch.bool).repeat(len(bins), 1, 1)
@@ -207,7 +210,7 @@ def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_
 def collate_pairs(rows: list[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:
     """Sequences in the order chosen_0, rejected_0, chosen_1, rejected_1, ...: chosen = [0::2]."""
     batch = pack_shared_prompt([(r.prompt_ids, r.chosen_ids, r.rejected_ids) for r in rows], pad_id)
-    batch["ref_logps"] = torch.tensor([v for r in rows for v in (r.ref_chosen, r.ref_rejected)], dtype=torch.float32)
+    batch["row_ids"] = torch.tensor([r.id for r in rows], dtype=torch.long)  # rows of a precomputed reference
     return batch
 
 
@@ -222,5 +225,4 @@ def collate_kto(rows: list[EncodedKTO], pad_id: int, allow_single: bool = False)
     seqs += [(rows[i].prompt_ids, rows[(i + 1) % n].completion_ids) for i in range(n)]
     batch = pack_sequences(seqs, pad_id)
     batch["kto_labels"] = torch.tensor([r.label for r in rows], dtype=torch.bool)
-    batch["ref_logps"] = torch.tensor([r.ref for r in rows] + [float("nan")] * n, dtype=torch.float32)
     return batch

@@ -1,11 +1,12 @@
-"""Training objectives. Each contributes `loss_units(batch)` (what the step's loss is normalised by)
-and `step(model, batch) -> (summed loss, metrics)`; the shared loop does everything else.
-Chosen by name from OBJECTIVES: the loop never branches on the method."""
+"""Training objectives, chosen by name from OBJECTIVES: the loop never branches on the method.
+Every objective implements the hooks of `Objective` (base.py), which documents when each is called."""
 
-from .preference import DPOObjective, KTOObjective, RewardObjective
+from .base import Objective, SetupContext
+from .kto import KTOObjective
+from .preference import DPOObjective, RewardObjective
 from .sft import CausalLMObjective
 
-OBJECTIVES = {
+OBJECTIVES: dict[str, type[Objective]] = {
     "sft": CausalLMObjective,
     "pretrain": CausalLMObjective,
     "reward": RewardObjective,
@@ -13,6 +14,8 @@ OBJECTIVES = {
     "kto": KTOObjective,
 }
 
+__all__ = ["OBJECTIVES", "Objective", "SetupContext", "get_objective"]
 
-def get_objective(method: str, cfg):
+
+def get_objective(method: str, cfg) -> Objective:
     return OBJECTIVES[method](cfg)

@@ -4,8 +4,10 @@
   disabled (`PeftModel.disable_adapter()`), under no_grad. No second copy of the weights.
 - Full fine-tuning: a frozen copy made before the first step (eval mode, no grad), or with
   `dpo.precompute_ref: true` no model at all: the reference log-probs of every example are
-  computed once before training and cached on disk under a key of (model files, token ids of the
-  data, max lengths, loss, precision), so a second run on the same data skips the pass.
+  computed once before training (under the loop's autocast, so both forms are the same
+  computation, sharded over the processes) into a (rows, 2) tensor indexed by the row's `id`, and
+  cached on disk under a key of (model files, token ids of the data, max lengths, loss,
+  precision), so a second run on the same data skips the pass.
   LoRA runs may precompute too (it saves the reference forward of every step).
 """
 
@@ -44,8 +46,8 @@ class Reference:
         self.frozen = frozen  # a frozen SequenceLogps copy for full fine-tuning, else None
 
     @classmethod
-    def build(cls, wrapper, needs_model: bool) -> "Reference":
-        if not needs_model or adapter_disabled(wrapper) is not None:
+    def build(cls, wrapper) -> "Reference":
+        if adapter_disabled(wrapper) is not None:
             return cls(None)
         frozen = copy.deepcopy(inner(wrapper)).eval()
         frozen.requires_grad_(False)
@@ -62,20 +64,18 @@ class Reference:
             return sequence_logps(inner(wrapper), batch)[0]
 
 
-def cache_key(cfg, rows: dict[str, list]) -> str:
+def cache_key(cfg, rows: list) -> str:
     """sha256 of what the reference log-probs depend on: model files (name, size, mtime), every
-    example's token ids, the max lengths, the loss and the precision."""
+    example's token ids in row order, the max lengths, the loss and the precision."""
     h = hashlib.sha256()
     model_dir = Path(cfg.model.path).expanduser()
     files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model_dir.glob("*") if p.is_file()) if model_dir.is_dir() else []
-    h.update(json.dumps([cfg.model.path, files, cfg.model.dtype, cfg.model.quantization, cfg.train.precision,
-                         cfg.data.max_length, cfg.prompt_length(), cfg.preference.loss, cfg.method]).encode())
-    for split, items in rows.items():
-        h.update(split.encode())
-        for r in items:
-            for ids in (r.prompt_ids, r.chosen_ids, r.rejected_ids):
-                h.update(len(ids).to_bytes(4, "little"))
-                h.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
+    h.update(json.dumps(["v2: (rows, 2) by row id", cfg.model.path, files, cfg.model.dtype, cfg.model.quantization,
+                         cfg.train.precision, cfg.data.max_length, cfg.prompt_length(), cfg.preference.loss, cfg.method]).encode())
+    for r in rows:
+        for ids in (r.prompt_ids, r.chosen_ids, r.rejected_ids):
+            h.update(len(ids).to_bytes(4, "little"))
+            h.update(torch.tensor(ids, dtype=torch.int64).numpy().tobytes())
     return h.hexdigest()[:32]
 
 
@@ -83,41 +83,40 @@ def cache_dir(cfg) -> Path:
     return Path(cfg.preference.ref_cache_dir or os.environ.get("TUNESMITH_CACHE", "~/.cache/tunesmith")).expanduser() / "ref-logps"
 
 
-def precompute(wrapper, rows: dict[str, list], collate, pad_id: int, micro_batch: int, device,
-               cfg, say=print, progress: bool = True) -> Path:
-    """Fill `ref_chosen` / `ref_rejected` of every row, from the cache when the key matches."""
+def precompute(ctx, rows: list, collate, micro_batch: int, cfg, progress: bool = True) -> torch.Tensor:
+    """Reference (chosen, rejected) log-probs of every pair: a (len(rows), 2) fp32 tensor on the
+    CPU whose row i belongs to the pair with `id` i. From the cache when the key matches.
+
+    Each process computes a contiguous 1/world share and the shares are gathered, so 8 GPUs take
+    1/8 of the time. It runs under the loop's autocast (`ctx.autocast`), in eval mode: exactly
+    the computation of a frozen-copy reference inside a training step."""
+    if [r.id for r in rows] != list(range(len(rows))):
+        raise RuntimeError("precompute: rows must come in id order (train then eval, as prepared)")
     path = cache_dir(cfg) / f"{cache_key(cfg, rows)}.safetensors"
     if path.is_file():
-        saved = load_file(path)
-        for split, items in rows.items():
-            for r, (c, j) in zip(items, saved[split].tolist()):
-                r.ref_chosen, r.ref_rejected = c, j
-        say(f"dpo: reference log-probs read from the cache {path}")
-        return path
-    was_training = inner(wrapper).training
-    inner(wrapper).eval()
-    out = {}
-    total = sum(len(v) for v in rows.values())
-    with progress_bar(total=total, desc="reference log-probs", disable=not progress, leave=False) as bar:
-        for split, items in rows.items():
-            vals = []
-            for i in range(0, len(items), micro_batch):
-                batch = {k: v.to(device) for k, v in collate(items[i : i + micro_batch], pad_id).items()}
-                with torch.no_grad(), adapter_disabled(wrapper) or contextlib.nullcontext():
-                    # Before the first step the model itself is the reference (full fine-tuning).
-                    lp = sequence_logps(inner(wrapper), batch)[0].float().cpu()
-                vals.append(lp.view(-1, 2))
-                bar.update(len(items[i : i + micro_batch]))
-            out[split] = torch.cat(vals) if vals else torch.zeros(0, 2)
-            for r, (c, j) in zip(items, out[split].tolist()):
-                r.ref_chosen, r.ref_rejected = c, j
-    inner(wrapper).train(was_training)
-    if not all(math.isfinite(v) for t in out.values() for v in t.flatten().tolist()):
+        ctx.say(f"dpo: reference log-probs read from the cache {path}")
+        return load_file(path)["ref_logps"]
+    share = math.ceil(len(rows) / ctx.num_processes)
+    mine = rows[ctx.process_index * share : (ctx.process_index + 1) * share]
+    was_training = inner(ctx.wrapper).training
+    inner(ctx.wrapper).eval()
+    vals = torch.zeros(share, 2, dtype=torch.float32, device=ctx.device)  # padded to `share`: gather needs equal shapes
+    with progress_bar(total=len(mine), desc="reference log-probs", disable=not progress, leave=False) as bar:
+        for i in range(0, len(mine), micro_batch):
+            batch = {k: v.to(ctx.device) for k, v in collate(mine[i : i + micro_batch], ctx.pad_id).items()}
+            with torch.no_grad(), adapter_disabled(ctx.wrapper) or contextlib.nullcontext(), ctx.autocast():
+                # Before the first step the model itself is the reference (full fine-tuning).
+                vals[i : i + micro_batch] = sequence_logps(inner(ctx.wrapper), batch)[0].float().view(-1, 2)
+            bar.update(len(mine[i : i + micro_batch]))
+    inner(ctx.wrapper).train(was_training)
+    table = ctx.gather(vals)[: len(rows)].cpu()
+    if not bool(torch.isfinite(table).all()):
         raise RuntimeError("a reference log-prob is not finite; check the model and data")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in out.items()}, str(tmp))
-    os.replace(tmp, path)
-    say(f"dpo: reference log-probs of {total} pairs computed and cached in {path}")
-    return path
-
+    if ctx.process_index == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file({"ref_logps": table.contiguous()}, str(tmp))
+        os.replace(tmp, path)
+    ctx.say(f"dpo: reference log-probs of {len(rows)} pairs computed and cached in {path}"
+            + (f" ({share} or fewer on each of {ctx.num_processes} processes)" if ctx.num_processes > 1 else ""))
+    return table

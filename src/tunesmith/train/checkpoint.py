@@ -7,7 +7,8 @@ was damaged later (truncated copy, disk error) is reported and skipped for the p
 
 Contents: `trainable.safetensors` (every parameter that requires grad, fp32 master copy),
 `optimizer.pt` and `scheduler.pt` (tensors and numbers only, loaded with `weights_only=True`:
-nothing is unpickled), `rng-<rank>.pt` (torch, CUDA and Python RNG states), `state.json`
+nothing is unpickled), `scaler.pt` in fp16 runs (the GradScaler's loss scale and growth tracker:
+without it a resumed run restarts at the initial scale and its steps differ), `rng-<rank>.pt` (torch, CUDA and Python RNG states), `state.json`
 (step, tokens, early-stopping state; the data position follows from the step).
 """
 
@@ -70,7 +71,7 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, state: dict, rank: int = 0,
-                    world_size: int = 1, barrier=lambda: None) -> Path:
+                    world_size: int = 1, barrier=lambda: None, scaler=None) -> Path:
     """Every rank writes its RNG state; rank 0 writes the rest and commits with the rename.
     A sharded (FSDP) model's weights and optimizer state are gathered first, on every rank."""
     final = ckpt_root / f"step-{step}"
@@ -91,6 +92,8 @@ def save_checkpoint(ckpt_root: Path, step: int, model, optimizer, scheduler, sta
         plain_permissions(tmp / "trainable.safetensors")
         torch.save(optim_state if sharded else optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if scaler is not None:
+            torch.save(scaler.state_dict(), tmp / "scaler.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "world_size": world_size,
                                                     "optimizer_format": "by_name" if sharded else "by_index"}, indent=2))
     barrier()
@@ -146,8 +149,8 @@ def latest_valid(ckpt_root: Path, warn=print) -> Path | None:
     return None
 
 
-def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
-    """Restore weights, optimizer, scheduler and this rank's RNG; return state.json."""
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0, scaler=None) -> dict:
+    """Restore weights, optimizer, scheduler, the fp16 GradScaler and this rank's RNG; return state.json."""
     weights = load_file(str(ckpt / "trainable.safetensors"))
     params = dict(model.named_parameters())
     expected = {n for n, p in params.items() if p.requires_grad}
@@ -167,6 +170,11 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> d
                 params[n].copy_(t)
         optimizer.load_state_dict(optim_state)
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    if scaler is not None:
+        if not (ckpt / "scaler.pt").is_file():
+            raise RuntimeError(f"checkpoint {ckpt} has no scaler.pt (written before fp16 checkpoints kept the loss scale); "
+                               "an exact fp16 resume is not possible from it: start the run again with --overwrite")
+        scaler.load_state_dict(torch.load(ckpt / "scaler.pt", weights_only=True))
     rng_file = ckpt / f"rng-{rank}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))

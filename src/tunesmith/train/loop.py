@@ -1,6 +1,7 @@
 """The one training loop. Every method runs through `train_loop`; a method only brings an objective.
 
-Read top to bottom: per optimizer step, collect this process's micro-batches, count the loss units
+Read top to bottom: per optimizer step, collect this process's micro-batches (and let the objective
+replace them with generated ones: `Objective.rollout`, a no-op for offline data), count the loss units
 (label tokens) of the whole step across processes, run forward/backward on each micro-batch with
 its summed loss divided by that global count, clip, guard against NaN, step, log, evaluate,
 checkpoint. Nothing here knows which method is training.
@@ -13,14 +14,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..config import RunConfig
-from ..data.packing import Row, collate
 from ..errors import TrainingError
+from ..objectives.base import Objective
 from . import checkpoint as ckpt
+from .callbacks import Callback
 from .fsdp import as_float, no_grad_sync
 from .sampler import StepSampler
 
@@ -44,39 +45,36 @@ class LoopState:
 @dataclass
 class LoopParts:
     """Everything the loop touches, built by train/run.py."""
-    model: torch.nn.Module  # the (possibly DDP-wrapped) CausalLMLoss
-    objective: object
+    model: torch.nn.Module  # what the objective's `wrap` returned, possibly DDP-wrapped or FSDP-sharded
+    objective: Objective
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     accelerator: object
-    train_rows: list[Row]
-    eval_rows: list[Row]
+    train_rows: list  # rows of the objective's own type
+    eval_rows: list
     pad_id: int
     run_dir: Path
     log: object  # MetricsLog (rank 0) or None
     progress: object
     trackers: object
-    callbacks: list[Callable] = field(default_factory=list)
+    scaler: torch.amp.GradScaler | None = None  # fp16 only; checkpointed with the optimizer
+    callbacks: list[Callback] = field(default_factory=list)
 
 
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _autocast(cfg: RunConfig, device: torch.device):
+def autocast(cfg: RunConfig, device: torch.device):
+    """The precision context of every forward of the run (training, evaluation, reference log-probs)."""
     if cfg.train.precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16
         return torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext()
 
 
-def _real_tokens(rows: list[Row]) -> int:
+def _real_tokens(rows: list) -> int:
     return sum(len(r) for r in rows)
-
-
-def _collate_fn(objective) -> Callable:
-    """The objective's own batching (preference pairs, ...) or the token rows of SFT/pretraining."""
-    return getattr(objective, "collate", None) or collate
 
 
 def _add_metrics(into: dict, metrics: dict) -> None:
@@ -113,8 +111,8 @@ def evaluate_with_metrics(parts: LoopParts, cfg: RunConfig) -> tuple[float, int,
     for b in range(n_batches):
         rows = mine[b * mb : (b + 1) * mb]
         counted = bool(rows)
-        batch = _to(_collate_fn(parts.objective)(rows or parts.eval_rows[:1], parts.pad_id), acc.device)
-        with _autocast(cfg, acc.device):
+        batch = _to(parts.objective.collate(rows or parts.eval_rows[:1], parts.pad_id), acc.device)
+        with autocast(cfg, acc.device):
             loss_sum, metrics = parts.objective.step(model, batch)
         if not counted:
             continue
@@ -126,27 +124,26 @@ def evaluate_with_metrics(parts: LoopParts, cfg: RunConfig) -> tuple[float, int,
     return loss, int(total[1]), _mean_metrics(acc, sums, "eval_")
 
 
-def evaluate(parts: LoopParts, cfg: RunConfig) -> tuple[float, int]:
-    """Token-weighted mean loss over the eval rows, sharded across processes."""
-    loss, units, _ = evaluate_with_metrics(parts, cfg)
-    return loss, units
-
-
-def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: int, save_final_checkpoint: bool = True) -> LoopState:
+def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: int) -> LoopState:
     acc, model, opt, sched, objective = parts.accelerator, parts.model, parts.optimizer, parts.scheduler, parts.objective
     tc = cfg.train
     sampler = StepSampler(len(parts.train_rows), tc.micro_batch_size, tc.grad_accum_steps, acc.num_processes, acc.process_index, tc.seed)
     trainable = [p for p in model.parameters() if p.requires_grad]
     clip = tc.max_grad_norm if tc.max_grad_norm > 0 else float("inf")
-    scaler = torch.amp.GradScaler(acc.device.type) if tc.precision == "fp16" else None
+    scaler = parts.scaler
     ckpt_root = parts.run_dir / "checkpoints"
+    policy = acc.unwrap_model(model)  # for rollouts and callbacks: no DDP forward hooks
+    for cb in parts.callbacks:
+        cb.on_train_start(policy, opt)
     model.train()
     t_start = time.perf_counter() - state.elapsed_s
 
     while state.step < total_steps:
         t0 = time.perf_counter()
         rows = [[parts.train_rows[i] for i in idx] for idx in sampler.micro_batches(state.step)]
-        batches = [_to(_collate_fn(objective)(r, parts.pad_id), acc.device) for r in rows]
+        with torch.no_grad():  # offline objectives return the rows; online RL generates here (objectives/base.py)
+            rows = objective.rollout(policy, rows, state.step)
+        batches = [_to(objective.collate(r, parts.pad_id), acc.device) for r in rows]
         # The normaliser of the whole optimizer step: label tokens of every micro-batch on every process.
         local = torch.tensor([sum(objective.loss_units(b) for b in batches), sum(_real_tokens(r) for r in rows)],
                              dtype=torch.float64, device=acc.device)
@@ -160,7 +157,7 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
             # Gradients are all-reduced only on the last micro-batch of the step.
             sync = contextlib.nullcontext() if m == len(batches) - 1 else no_grad_sync(model, acc)
             with sync:
-                with _autocast(cfg, acc.device):
+                with autocast(cfg, acc.device):
                     loss_sum, metrics = objective.step(model, batch)
                 # DDP averages gradients over processes; multiplying by world size turns that into a sum.
                 loss = loss_sum * acc.num_processes / global_units
@@ -179,6 +176,8 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
                 f"Last good checkpoint: {last[-1] if last else 'none'}. Lower train.lr, use train.precision: fp32/bf16 "
                 "instead of fp16, or look for extreme rows in the data."
             )
+        for cb in parts.callbacks:
+            cb.on_before_optimizer_step(state.step + 1, policy)
         lr = sched.get_last_lr()[0]
         if scaler:
             scaler.step(opt)
@@ -207,11 +206,11 @@ def train_loop(parts: LoopParts, cfg: RunConfig, state: LoopState, total_steps: 
             parts.trackers.log(record, state.step)
         parts.progress.update(1, loss=f"{step_loss:.4f}", lr=f"{lr:.2e}", tok_s=f"{global_tokens / dt:,.0f}")
         for cb in parts.callbacks:
-            cb(state.step, record)
+            cb.on_step_end(state.step, record)
 
         if tc.early_stopping_patience and state.bad_evals >= tc.early_stopping_patience:
             state.stop_reason = f"early stopping: eval loss did not improve for {state.bad_evals} evals (best {state.best_eval:.4f} at step {state.best_eval_step})"
-        if tc.save_every and (state.step % tc.save_every == 0 or (state.stop_reason and save_final_checkpoint)):
+        if tc.save_every and (state.step % tc.save_every == 0 or state.stop_reason):
             _checkpoint(parts, state, tc.keep_checkpoints)
         if state.stop_reason:
             break
@@ -237,6 +236,7 @@ def _checkpoint(parts: LoopParts, state: LoopState, keep: int) -> None:
     unwrapped = acc.unwrap_model(parts.model)
     root = parts.run_dir / "checkpoints"
     ckpt.save_checkpoint(root, state.step, unwrapped, parts.optimizer, parts.scheduler, state.to_json(),
-                         rank=acc.process_index, world_size=acc.num_processes, barrier=acc.wait_for_everyone)
+                         rank=acc.process_index, world_size=acc.num_processes, barrier=acc.wait_for_everyone,
+                         scaler=parts.scaler)
     if acc.is_main_process:
         ckpt.prune(root, keep)

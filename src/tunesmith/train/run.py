@@ -1,5 +1,6 @@
-"""`tunesmith train`: config -> run directory. Builds what the loop needs, in dependency order, then
-hands over to `train_loop`, then writes the result, the plots and the report.
+"""`tunesmith train`: config -> run directory, in three steps: `setup` builds what the loop needs, in
+dependency order; `fit` runs `train_loop` and the final evaluation; `finish` writes the result, the
+plots and the report. Only the objective (objectives/base.py) knows which method is training.
 
 Order matters: the config is validated first (no weight is loaded for a config that will fail),
 then the run directory is claimed, then the tokenizer (the data needs it), the data (bad rows
@@ -13,6 +14,7 @@ import os
 import resource
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -21,14 +23,16 @@ import torch
 from ..adapters import adapter_warnings, apply_adapter, closed_form_trainable, save_adapter
 from ..config import RunConfig, load_config
 from ..console import say  # noqa: F401 (also imported from here as train.run.say by older code)
-from ..data.pipeline import prepare_data
+from ..data.pipeline import PreparedData
 from ..errors import ConfigError, TrainingError, UserError
 from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
 from ..objectives import get_objective
+from ..objectives.base import Objective, SetupContext
 from . import checkpoint as ckpt
 from . import fsdp
-from .forward import CausalLMLoss, base_causal_lm
-from .loop import LoopParts, LoopState, evaluate_with_metrics, train_loop
+from .callbacks import Callback, as_callbacks
+from .forward import base_causal_lm
+from .loop import LoopParts, LoopState, autocast, evaluate_with_metrics, train_loop
 from .metrics import MetricsLog, Progress, fmt_count, plain_permissions
 from .optim import build_optimizer, build_scheduler
 from .report import write_report
@@ -128,100 +132,137 @@ def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dic
     return final
 
 
-def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *, overwrite: bool = False,
-          resume: bool = False, callbacks: list[Callable] | None = None) -> dict:
-    """Run one training job; returns the summary that report.md is written from."""
-    from accelerate import Accelerator
+@dataclass
+class Run:
+    """What `setup` builds for `fit` and `finish`."""
+    cfg: RunConfig
+    acc: object  # accelerate.Accelerator
+    run_dir: Path
+    tokenizer: object
+    objective: Objective
+    data: PreparedData
+    parts: LoopParts
+    state: LoopState
+    total_steps: int
+    trainable: int
+    total: int
+    t_begin: float
 
+
+def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *, overwrite: bool = False,
+          resume: bool = False, callbacks: list[Callback | Callable] | None = None) -> dict:
+    """Run one training job; returns the summary that report.md is written from. `callbacks`:
+    `Callback` objects or functions `fn(step, record)` (train/callbacks.py)."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("`train.precision: fp16` needs a GPU; on the CPU use bf16 or fp32")
     # "auto" precision and dtype pinned for this machine (RunConfig.resolved), so the loop, the loader
     # and the saved config.yaml read one value.
     cfg = cfg.resolved()
-    precision = cfg.train.precision
     for note in cfg.start_notes():  # e.g. epochs unused under max_steps; a trained lm_head means full logits
         say(f"note: {note}")
+    run = setup(cfg, overwrite=overwrite, resume=resume, callbacks=as_callbacks(callbacks))
+    final_eval, final_metrics = fit(run)
+    return finish(run, final_eval, final_metrics)
+
+
+def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Callback]) -> Run:
+    """Everything the loop needs, in dependency order: run directory, tokenizer, data, model, the
+    objective's module and reference, optimizer, then the checkpoint restored into them."""
+    from accelerate import Accelerator
+
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    main = acc.is_main_process
     if acc.num_processes > 1:
         say(f"distributed: {acc.distributed_type.value} over {acc.num_processes} processes ({acc.device.type})")
     t_begin = time.time()
-
-    run_dir = claim_run_dir(cfg, overwrite, resume) if main else Path(cfg.output_dir)
+    run_dir = claim_run_dir(cfg, overwrite, resume) if acc.is_main_process else Path(cfg.output_dir)
     acc.wait_for_everyone()
-    if main:
+    if acc.is_main_process:
         (run_dir / "config.yaml").write_text(cfg.dump())
     torch.manual_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
     objective = get_objective(cfg.method, cfg)
-    # An objective with its own kind of data (preference pairs, ...) prepares it; otherwise token rows.
-    own_data = getattr(objective, "prepare_data", None)
-    data = own_data(tokenizer, cfg.train.seed) if own_data else prepare_data(cfg.data, tokenizer, seed=cfg.train.seed)
-    for note in data.notes:
-        say(f"data: {note}")
-    ex = data.stats["examples"]
-    say(f"data: {ex['count']} examples, {data.stats['rows']} rows, tokens/example p50 {ex.get('p50')} p90 {ex.get('p90')} "
-        f"max {ex.get('max')}, {data.stats['label_tokens']} label tokens, {data.stats['eval_examples']} eval examples")
+    data = objective.prepare_data(tokenizer, cfg.train.seed)
+    _say_data(data)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
     sampler = StepSampler(len(data.train), cfg.train.micro_batch_size, cfg.train.grad_accum_steps, acc.num_processes)
     if sampler.steps_per_epoch == 0:
         raise ConfigError(f"{len(data.train)} training rows cannot fill one step of {sampler.global_batch} rows "
                           "(micro_batch_size x grad_accum_steps x processes); lower them or add data")
     total_steps = sampler.total_steps(cfg.train.epochs, cfg.train.max_steps)
 
-    head = getattr(objective, "head", "causal")  # "score": a reward model's scalar head
-    model = build_model(cfg, acc.device) if head == "causal" else build_model(cfg, acc.device, head=head)
-    if head == "score":
+    model = build_model(cfg, acc.device, objective.head)
+    if objective.head == "score":
         base_causal_lm(model).config.pad_token_id = pad_id
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise TrainingError("no parameter is trainable; check adapter.type and adapter.target_modules")
     say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%; {trainable:,} exactly)")
-    wrap = getattr(objective, "wrap", None)
-    wrapper = wrap(model, cfg.train.loss_chunk_size) if wrap else CausalLMLoss(model, cfg.train.loss_chunk_size)
-    if hasattr(objective, "setup"):  # the reference model / log-probs, before a checkpoint moves the weights
-        objective.setup(wrapper, data, pad_id, acc.device, say)
+    wrapper = objective.wrap(model)
+    # The reference model / log-probs, before sharding, DDP and a checkpoint move the weights.
+    objective.setup(SetupContext(wrapper, data, pad_id, tokenizer, acc.device, acc.process_index, acc.num_processes,
+                                 acc.gather, lambda: autocast(cfg, acc.device), say))
     # FSDP shards before the optimizer exists, so the optimizer holds the sharded parameters.
     own_fsdp = cfg.train.fsdp and acc.num_processes > 1 and acc.distributed_type.value != "FSDP"
     if own_fsdp:
         fsdp.shard(wrapper, fsdp.decoder_layers(model))
     optimizer = build_optimizer(wrapper, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
-
-    state = LoopState()
-    if resume:
-        found = ckpt.latest_valid(run_dir / "checkpoints", warn=say)
-        if found is None:
-            say(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
-        else:
-            saved = ckpt.load_checkpoint(found, wrapper, optimizer, scheduler, rank=acc.process_index)
-            state = LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
-            say(f"resumed from {found} (step {state.step})")
+    scaler = torch.amp.GradScaler(acc.device.type) if cfg.train.precision == "fp16" else None
+    state = _restore(run_dir, wrapper, optimizer, scheduler, scaler, acc.process_index) if resume else LoopState()
     if own_fsdp:  # accelerate would wrap the sharded module in DDP as well
         optimizer = acc.prepare(optimizer)
     else:
         wrapper, optimizer = acc.prepare(wrapper, optimizer)
 
+    main = acc.is_main_process
     log = MetricsLog(run_dir / "metrics.jsonl", truncate_after_step=state.step) if main else None
     trackers = Trackers(cfg.train.report_to if main else [], run_dir, cfg.model_dump(mode="json"), run_dir.name)
     progress = Progress(total_steps, initial=state.step, enabled=cfg.train.progress and main)
     parts = LoopParts(wrapper, objective, optimizer, scheduler, acc, data.train, data.eval, pad_id,
-                      run_dir, log, progress, trackers, list(callbacks or []))
-    try:
-        state = train_loop(parts, cfg, state, total_steps)
-        final_eval, _, final_metrics = evaluate_with_metrics(parts, cfg)
-        if data.eval and main:
-            log.log({"step": state.step, "eval_loss": final_eval, **final_metrics})
-            parts.trackers.log({"eval_loss": final_eval, **final_metrics}, state.step)
-    finally:
-        progress.close()
-        trackers.close()
-        if log is not None:
-            log.close()
+                      run_dir, log, progress, trackers, scaler, callbacks)
+    return Run(cfg, acc, run_dir, tokenizer, objective, data, parts, state, total_steps, trainable, total, t_begin)
 
+
+def _say_data(data: PreparedData) -> None:
+    for note in data.notes:
+        say(f"data: {note}")
+    ex = data.stats["examples"]
+    say(f"data: {ex['count']} examples, {data.stats['rows']} rows, tokens/example p50 {ex.get('p50')} p90 {ex.get('p90')} "
+        f"max {ex.get('max')}, {data.stats['label_tokens']} label tokens, {data.stats['eval_examples']} eval examples")
+
+
+def _restore(run_dir: Path, wrapper, optimizer, scheduler, scaler, rank: int) -> LoopState:
+    found = ckpt.latest_valid(run_dir / "checkpoints", warn=say)
+    if found is None:
+        say(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
+        return LoopState()
+    saved = ckpt.load_checkpoint(found, wrapper, optimizer, scheduler, rank=rank, scaler=scaler)
+    say(f"resumed from {found} (step {saved['step']})")
+    return LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
+
+
+def fit(run: Run) -> tuple[float, dict]:
+    """The loop, then the final evaluation; returns (final eval loss, final eval metrics)."""
+    parts = run.parts
+    try:
+        run.state = train_loop(parts, run.cfg, run.state, run.total_steps)
+        final_eval, _, final_metrics = evaluate_with_metrics(parts, run.cfg)
+        if run.data.eval and parts.log is not None:
+            parts.log.log({"step": run.state.step, "eval_loss": final_eval, **final_metrics})
+            parts.trackers.log({"eval_loss": final_eval, **final_metrics}, run.state.step)
+    finally:
+        parts.progress.close()
+        parts.trackers.close()
+        if parts.log is not None:
+            parts.log.close()
+    return final_eval, final_metrics
+
+
+def finish(run: Run, final_eval: float, final_metrics: dict) -> dict:
+    """Gather the weights, write the result (adapter/ or model/), the objective's report sections and report.md."""
+    cfg, acc, state, run_dir, wrapper = run.cfg, run.acc, run.state, run.run_dir, run.parts.model
     model = acc.unwrap_model(wrapper).model
     # A sharded model is gathered into full tensors first (a collective: every rank calls it).
     full_state = None
@@ -230,16 +271,15 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     acc.wait_for_everyone()
     summary = {
         "name": run_dir.name, "method": cfg.method, "model": cfg.model.path,
-        "adapter": cfg.adapter.type, "quantization": cfg.model.quantization, "precision": precision,
-        "trainable_params": trainable, "total_params": total, "steps": state.step, "max_steps": total_steps,
-        "tokens": state.tokens, "duration_s": round(time.time() - t_begin, 2), "peak_memory_bytes": _peak_memory(acc.device),
+        "adapter": cfg.adapter.type, "quantization": cfg.model.quantization, "precision": cfg.train.precision,
+        "trainable_params": run.trainable, "total_params": run.total, "steps": state.step, "max_steps": run.total_steps,
+        "tokens": state.tokens, "duration_s": round(time.time() - run.t_begin, 2), "peak_memory_bytes": _peak_memory(acc.device),
         "stop_reason": state.stop_reason, "final_loss": state.last_loss, "final_eval_loss": final_eval,
-        "data": data.stats, "notes": data.notes, "run_dir": str(run_dir), "final_eval_metrics": final_metrics,
+        "data": run.data.stats, "notes": run.data.notes, "run_dir": str(run_dir), "final_eval_metrics": final_metrics,
     }
-    if main:
-        summary["output"] = str(save_result(cfg, model, tokenizer, run_dir, full_state))
-        if hasattr(objective, "report_sections"):  # e.g. the preference curves and table
-            summary["sections"] = summary.get("sections", []) + objective.report_sections(run_dir)
+    if acc.is_main_process:
+        summary["output"] = str(save_result(cfg, model, run.tokenizer, run_dir, full_state))
+        summary["sections"] = run.objective.report_sections(run_dir)  # e.g. the preference curves and table
         write_report(run_dir, summary)
         say(f"done: {state.stop_reason}; final loss {state.last_loss:.4f}; result in {summary['output']}; report {run_dir / 'report.md'}")
     acc.wait_for_everyone()
