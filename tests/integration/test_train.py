@@ -29,6 +29,7 @@ import yaml
 from safetensors.torch import load_file
 
 from tunesmith.errors import TrainingError, UserError
+from tunesmith.models.bnb_cpu import use_portable_cpu_kernel
 from tunesmith.models.tiny import CHATML_TEMPLATE
 from tunesmith.train import checkpoint as ckpt
 from tunesmith.train.callbacks import Callback
@@ -253,6 +254,7 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
     else:
         base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32,
                                                     **({"quantization_config": nf4_config()} if kind == "qlora" else {}))
+        use_portable_cpu_kernel(base)  # one 4-bit CPU path on every machine (models/bnb_cpu.py)
         loaded = PeftModel.from_pretrained(base, out)
         tokenizer_files = {p.name for p in tiny_dir.iterdir()} - {"config.json", "generation_config.json", "model.safetensors"}
         # README.md is PEFT's model card, written by save_pretrained; tunesmith_adapter.json says which base

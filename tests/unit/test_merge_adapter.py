@@ -6,6 +6,7 @@ import torch
 import yaml
 
 from tunesmith.errors import UserError
+from tunesmith.models.bnb_cpu import use_portable_cpu_kernel
 from tunesmith.merge.adapter import merge_adapter
 from tunesmith.merge.verify import probe_ids
 
@@ -109,6 +110,7 @@ def test_qlora_adapter_merges_into_dequantized_base(tiny_dir, tok, tmp_path, qua
          if quantization == "nf4" else BitsAndBytesConfig(load_in_8bit=True))
     base_q = AutoModelForCausalLM.from_pretrained(tiny_dir, quantization_config=q, device_map={"": "cpu"},
                                                   dtype=torch.float32)
+    use_portable_cpu_kernel(base_q)  # one 4-bit CPU path on every machine (models/bnb_cpu.py)
     adapter = tmp_path / "run" / "adapter"
     # A run saved before the sidecar existed: the quantization comes from the run's config.yaml.
     peft_q = _make_adapter(tiny_dir, tok, adapter, _lora(), quantized=base_q, sidecar=False)

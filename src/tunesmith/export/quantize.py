@@ -26,6 +26,7 @@ import torch
 from ..errors import UserError
 from ..merge.io import (VerificationError, atomic_dir, check_model_dir, check_out, read_json, write_text_atomic)
 from ..merge.verify import logits_on_probes, max_logit_diff, probe_ids
+from ..models.bnb_cpu import use_portable_cpu_kernel
 from .quantize_data import chunks, default_texts, perplexity, read_texts
 from .quantize_pack import pack_awq, pack_gptq, unpack_awq, unpack_gptq
 
@@ -63,6 +64,8 @@ def write_bnb(src: Path, tmp: Path, method: str, probes: torch.Tensor) -> tuple[
                                              device_map={"": "cpu"}, use_safetensors=True).eval()
     q.save_pretrained(tmp, safe_serialization=True)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp, device_map={"": "cpu"}, dtype=source_dtype(src)).eval()
+    use_portable_cpu_kernel(q)
+    use_portable_cpu_kernel(reloaded)
     kind = "Linear4bit" if method == "nf4" else "Linear8bitLt"
     if not any(type(m).__name__ == kind for m in reloaded.modules()):
         raise VerificationError(f"{tmp.name} reloaded without {kind} layers; the quantization config was not saved")

@@ -14,6 +14,7 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import UserError
+from .bnb_cpu import use_portable_cpu_kernel
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -104,6 +105,8 @@ def load_model(cfg: ModelConfig, compute_dtype: torch.dtype | None = None, devic
         raise UserError(f"could not load `model.path` {cfg.path}: {e}") from None
     if qcfg is None:
         model.to(device)
+    else:
+        use_portable_cpu_kernel(model)
     model.eval()
     return model
 
