@@ -167,7 +167,7 @@ def params_7b(name: str) -> tuple[int, int]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tunesmith.adapter_counts import closed_form_trainable
+    from tunesmith.adapters import closed_form_trainable
     from tunesmith.adapters import apply_adapter
     from tunesmith.config import AdapterConfig
     from tunesmith.models.loading import count_parameters

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tunesmith.bottleneck import Bottleneck, add_bottleneck_adapters, load_bottleneck, save_bottleneck
+from tunesmith.adapters.bottleneck import Bottleneck, add_bottleneck_adapters, load_bottleneck, save_bottleneck
 from tunesmith.config import BottleneckOptions
 from tunesmith.errors import UserError
 
