@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..io import atomic_file
 from .logps import sequence_logps
 
 
@@ -114,10 +115,8 @@ def precompute(wrapper, rows: dict[str, list], collate, pad_id: int, micro_batch
     inner(wrapper).train(was_training)
     if not all(math.isfinite(v) for t in out.values() for v in t.flatten().tolist()):
         raise RuntimeError("a reference log-prob is not finite; check the model and data")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({k: v.contiguous() for k, v in out.items()}, str(tmp))
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        save_file({k: v.contiguous() for k, v in out.items()}, str(tmp))
     say(f"dpo: reference log-probs of {total} pairs computed and cached in {path}")
     return path
 
