@@ -90,7 +90,7 @@ def test_every_problem_counted_with_reason(problem_file, bench_file, tmp_path):
     # the input is untouched and its hash is in the manifest
     assert sha(problem_file) == before == m["inputs"][0]["sha256"]
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {"train", "manifest.json", "prepare_report.md", "lengths.png"}
+    assert {p.name for p in out.iterdir()} == {".tunesmith.json", "train", "manifest.json", "prepare_report.md", "lengths.png"}
     train_rows = [r.data for r in read_rows(out)]  # the reader takes the prepared directory itself
     contact = next(r for r in train_rows if r["messages"][0]["content"] == "Contact?")
     assert contact["messages"][1]["content"] == "Mail me at <EMAIL> or call <PHONE>."

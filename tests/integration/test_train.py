@@ -204,7 +204,8 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
     assert last < first - 0.25, f"{kind}: mean loss {first:.4f} (first 5 steps) -> {last:.4f} (last 5)"
 
     # Exactly the documented run directory.
-    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "checkpoints", out_name, "loss.png", "report.md"}
+    assert {p.name for p in run_dir.iterdir()} == {".tunesmith.json", "config.yaml", "metrics.jsonl", "checkpoints", out_name,
+                                                "loss.png", "report.md"}
     assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == ["step-20", "step-30"]  # keep_checkpoints 2
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"step-20", "step-30"}  # no leftover .tmp-*
     for step_dir in ckpt.list_checkpoints(run_dir / "checkpoints"):
