@@ -125,8 +125,15 @@ def test_existing_output_needs_overwrite(problem_file, bench_file, tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         run(problem_file, bench_file, out)
     assert (out / "keep.txt").read_text() == "mine"
-    run(problem_file, bench_file, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    # --overwrite replaces only what tunesmith wrote: a folder of the user's files is kept (issue 16).
+    with pytest.raises(UserError, match="tunesmith did not write"):
+        run(problem_file, bench_file, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    prepared = tmp_path / "prepared"
+    run(problem_file, bench_file, prepared)
+    (prepared / "stale.txt").write_text("from an older prepare")
+    run(problem_file, bench_file, prepared, overwrite=True)
+    assert not (prepared / "stale.txt").exists() and (prepared / "manifest.json").exists()
 
 
 def test_mix_and_stratified_split_of_two_sources(tmp_path):

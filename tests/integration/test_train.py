@@ -262,12 +262,14 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
     if kind == "full":
         loaded = AutoModelForCausalLM.from_pretrained(out)
         assert loaded.dtype == torch.float32
-        assert {p.name for p in out.iterdir()} == {p.name for p in tiny_dir.iterdir()}  # same files as any HF model dir
+        # Same files as any HF model dir (tiny_dir, an init-model output, also has tunesmith's marker).
+        assert {p.name for p in out.iterdir()} == {p.name for p in tiny_dir.iterdir()} - {".tunesmith.json"}
     else:
         base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32,
                                                     **({"quantization_config": nf4_config()} if kind == "qlora" else {}))
         loaded = PeftModel.from_pretrained(base, out)
-        tokenizer_files = {p.name for p in tiny_dir.iterdir()} - {"config.json", "generation_config.json", "model.safetensors"}
+        tokenizer_files = {p.name for p in tiny_dir.iterdir()} - {"config.json", "generation_config.json", "model.safetensors",
+                                                                  ".tunesmith.json"}
         # README.md is PEFT's model card, written by save_pretrained.
         assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md"} | tokenizer_files
     diff = (logits_of(loaded, ids) - expected).abs().max().item()
