@@ -16,17 +16,19 @@ Every stage writes its output through here:
   training, which writes into its directory as it goes) moves the old output aside first. Either
   way the old output is deleted only once the new one is complete, and put back if the new one fails.
 - Hidden siblings left by a killed process (`.NAME.tmp-PID-*`, `.NAME.old-PID-*`) are cleaned on the
-  next claim of NAME, only when that PID is no longer running: a temp dir is deleted (it was never
+  next claim of NAME, only when they were made on this host and that PID is no longer running: a temp dir is deleted (it was never
   complete); a moved-aside old output is put back when NAME is missing, and otherwise kept and named.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import secrets
 import shutil
+import socket
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,7 +48,9 @@ LEGACY_LAYOUTS: dict[str, list[tuple[str, ...]]] = {
 }
 STAGE_NAMES = {"train": "a training run", "prepare": "prepared data", "merge": "a merged model", "eval": "an eval output",
                "quantize": "a quantized model", "init-model": "an initialised model"}
-_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)-(?P<pid>\d+)(-[0-9a-f]+)?$")
+_SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)-(?P<pid>\d+)(-(?P<hex>[0-9a-f]+))?$")
+# A sibling's name carries this host's tag: on a shared filesystem another machine's PIDs mean nothing here.
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]
 
 
 # --- files ---------------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def apply_umask(directory: Path) -> None:
 def sibling(out: Path, tag: str) -> Path:
     """A hidden, unique path beside `out` (same filesystem, so renames are atomic), naming our PID."""
     out = Path(out)
-    return out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
+    return out.parent / f".{out.name}.{tag}-{os.getpid()}-{_HOST}{secrets.token_hex(4)}"
 
 
 @contextmanager
@@ -223,8 +227,8 @@ def clean_stale(out: Path) -> list[str]:
         return notes
     for p in sorted(out.parent.iterdir()):
         m = _SIBLING.match(p.name)
-        if not m or m["name"] != out.name or _alive(int(m["pid"])):
-            continue
+        if not m or m["name"] != out.name or (m["hex"] and not m["hex"].startswith(_HOST)) or _alive(int(m["pid"])):
+            continue  # not ours, another machine's, or still being written
         if m["tag"] == "tmp":
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         elif not out.exists():

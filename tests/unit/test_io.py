@@ -187,9 +187,11 @@ def test_stale_siblings_of_killed_processes(tmp_path, capsys):
     stale_tmp = tmp_path / f".prepared.tmp-{dead}"  # the name prepare used before io.py
     stale_tmp.mkdir()
     (stale_tmp / "spool-0.jsonl").write_text("x" * 1000)
-    live_tmp = tmp_path / f".prepared.tmp-{alive}-abcd1234"  # a prepare of this process, still working
+    live_tmp = tmp_path / f".prepared.tmp-{alive}-{io._HOST}cd1234"  # a prepare of this process, still working
+    remote = tmp_path / f".prepared.tmp-{dead}-{'0000' if io._HOST != '0000' else '1111'}cd1234"  # another host's
+    remote.mkdir()
     live_tmp.mkdir()
-    moved = tmp_path / f".prepared.old-{dead}-0123abcd"  # killed mid-swap: the user's old output
+    moved = tmp_path / f".prepared.old-{dead}-{io._HOST}abcd"  # killed mid-swap: the user's old output
     moved.mkdir()
     (moved / "manifest.json").write_text("{}")
     io.write_marker(moved, "prepare")
@@ -197,7 +199,7 @@ def test_stale_siblings_of_killed_processes(tmp_path, capsys):
     other.mkdir()
 
     with io.atomic_dir(out, "prepare", overwrite=True) as tmp:
-        assert not stale_tmp.exists() and live_tmp.exists() and other.exists()
+        assert not stale_tmp.exists() and live_tmp.exists() and other.exists() and remote.exists()
         assert (out / "manifest.json").read_text() == "{}"  # put back, since `out` was missing
         (tmp / "manifest.json").write_text('{"new": 1}')
     assert "restored" in capsys.readouterr().err
@@ -206,7 +208,7 @@ def test_stale_siblings_of_killed_processes(tmp_path, capsys):
 
 def test_a_moved_aside_output_beside_an_existing_one_is_kept_and_named(tmp_path):
     out = _ours(tmp_path / "run", "train")
-    moved = tmp_path / f".run.old-{_dead_pid()}-0123abcd"
+    moved = tmp_path / f".run.old-{_dead_pid()}-{io._HOST}abcd"
     moved.mkdir()
     (moved / "metrics.jsonl").write_text("the old run")
     notes = io.clean_stale(out)
