@@ -242,7 +242,7 @@ def clean_stale(out: Path) -> list[str]:
 # --- writing an output ----------------------------------------------------------------------------------
 
 
-def _swap_in(tmp: Path, out: Path) -> None:
+def swap_in(tmp: Path, out: Path) -> None:
     """Rename the finished `tmp` to `out`; an old `out` is moved aside first and deleted after."""
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         if out.is_dir():
@@ -277,7 +277,7 @@ def atomic_dir(out: str | Path, stage: str, *, overwrite: bool, inputs: Iterable
         write_marker(tmp, stage)
         apply_umask(tmp)
         check_output(out, stage, overwrite=overwrite, inputs=inputs, what=what)
-        _swap_in(tmp, out)
+        swap_in(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

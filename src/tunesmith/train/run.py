@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..adapters import apply_adapter, save_adapter
 from ..config import RunConfig, load_config
 from ..data.pipeline import prepare_data
 from ..errors import ConfigError, TrainingError, UserError
-from ..io import Claim, apply_umask, atomic_write_text, check_output, claim_dir, clean_stale, sibling
+from ..io import Claim, apply_umask, atomic_write_text, check_output, claim_dir, clean_stale, sibling, swap_in
 from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
 from ..objectives import get_objective
 from . import checkpoint as ckpt
@@ -140,13 +139,7 @@ def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dic
         save_adapter(model, tmp, full_state)
     tokenizer.save_pretrained(tmp)
     apply_umask(tmp)
-    if final.exists():  # a result from before (a resumed run): moved aside, deleted once the new one is in
-        old = sibling(final, "old")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    swap_in(tmp, final)  # a result from before (a resumed run) is deleted only once the new one is in
     return final
 
 
