@@ -184,7 +184,8 @@ def check_output(out: str | Path, stage: str, *, overwrite: bool, inputs: Iterab
         raise UserError(f"{where} holds {STAGE_NAMES.get(found, found)}, not {STAGE_NAMES.get(stage, stage)}; "
                         "--overwrite never replaces another stage's output: choose another output directory")
     if not overwrite:
-        raise UserError(f"{where} already exists and is not empty; pass --overwrite to replace it, or choose another path")
+        resume = "--resume to continue it, " if stage == "train" else ""
+        raise UserError(f"{where} already exists and is not empty; pass {resume}--overwrite to replace it, or choose another path")
     if found is None:
         raise UserError(f"{where} holds files tunesmith did not write (no {MARKER} inside); --overwrite replaces only "
                         "tunesmith's own outputs: choose a new directory, or empty this one yourself")
