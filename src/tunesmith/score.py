@@ -15,7 +15,6 @@ so it is the same with left or right padding and any amount of it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ from .data.preference import as_prompt, as_response, parse_preference_row
 from .data.preference_encode import encode_prompt, encode_response
 from .data.readers import read_rows
 from .errors import UserError
+from .io import atomic_write_text, check_output_file
 
 
 def _reward_source(path: str | Path) -> Path:
@@ -118,8 +118,8 @@ def _encode(tok, prompt, response, where: str) -> list[int]:
 def score(model: str | Path, data: str | Path, out: str | Path | None = None, overwrite: bool = False,
           batch_size: int = 8) -> dict:
     """Score every row of `data`; write JSONL to `out` when given. Returns {"rows", "scores", "accuracy"?}."""
-    if out is not None and Path(out).exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it or choose another --out")
+    if out is not None:
+        check_output_file(out, overwrite=overwrite, inputs=[model, data])
     net, tok = load_reward_model(model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     items = []  # (where, [sequence ids], is_pair)
@@ -150,9 +150,6 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ov
     summary = {"rows": len(items), "results": results}
     if n_pairs:
         summary["accuracy"] = right / n_pairs
-    if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{out}.tmp{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in results))
-        os.replace(tmp, out)
+    if out is not None:  # parent directories are made as eval and export make them
+        atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in results))
     return summary

@@ -156,7 +156,7 @@ def test_eval_model_against_base_with_every_section(tiny_dir, adapter_dir, task_
     before = (out / "report.md").read_text()
     assert main(argv) == 2
     assert "already exists" in capsys.readouterr().err and (out / "report.md").read_text() == before
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp or moved-aside dirs left
 
 
 def test_eval_from_a_run_config_reports_training_signals(tiny_dir, adapter_dir, task_files, tmp_path):

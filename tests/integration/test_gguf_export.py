@@ -9,7 +9,6 @@ shown to fail on broken files (Q/K permutation left out; wrong pre-tokenizer nam
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

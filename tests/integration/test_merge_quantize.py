@@ -46,7 +46,7 @@ def test_train_merge_answers_like_the_adapter(tmp_path, tiny_dir, alpaca64, quan
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.evaluate.generation import greedy_answers
-    from tunesmith.export.quantize import _bnb_config
+    from tunesmith.models.loading import bnb_config
 
     run = _train(tmp_path, tiny_dir, alpaca64, quantization)
     out = tmp_path / "merged"
@@ -54,7 +54,7 @@ def test_train_merge_answers_like_the_adapter(tmp_path, tiny_dir, alpaca64, quan
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and "verified: merged logits = adapter logits" in printed
 
-    kwargs = {"quantization_config": _bnb_config("nf4"), "device_map": {"": "cpu"}} if quantization == "nf4" else {}
+    kwargs = {"quantization_config": bnb_config("nf4"), "device_map": {"": "cpu"}} if quantization == "nf4" else {}
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, **kwargs)
     adapted = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()

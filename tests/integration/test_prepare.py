@@ -90,7 +90,7 @@ def test_every_problem_counted_with_reason(problem_file, bench_file, tmp_path):
     # the input is untouched and its hash is in the manifest
     assert sha(problem_file) == before == m["inputs"][0]["sha256"]
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {"train", "manifest.json", "prepare_report.md", "lengths.png"}
+    assert {p.name for p in out.iterdir()} == {".tunesmith.json", "train", "manifest.json", "prepare_report.md", "lengths.png"}
     train_rows = [r.data for r in read_rows(out)]  # the reader takes the prepared directory itself
     contact = next(r for r in train_rows if r["messages"][0]["content"] == "Contact?")
     assert contact["messages"][1]["content"] == "Mail me at <EMAIL> or call <PHONE>."
@@ -125,8 +125,15 @@ def test_existing_output_needs_overwrite(problem_file, bench_file, tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         run(problem_file, bench_file, out)
     assert (out / "keep.txt").read_text() == "mine"
-    run(problem_file, bench_file, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").exists()
+    # --overwrite replaces only what tunesmith wrote: a folder of the user's files is kept (issue 16).
+    with pytest.raises(UserError, match="tunesmith did not write"):
+        run(problem_file, bench_file, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    prepared = tmp_path / "prepared"
+    run(problem_file, bench_file, prepared)
+    (prepared / "stale.txt").write_text("from an older prepare")
+    run(problem_file, bench_file, prepared, overwrite=True)
+    assert not (prepared / "stale.txt").exists() and (prepared / "manifest.json").exists()
 
 
 def test_mix_and_stratified_split_of_two_sources(tmp_path):

@@ -193,7 +193,8 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
     assert last < first - 0.25, f"{kind}: mean loss {first:.4f} (first 5 steps) -> {last:.4f} (last 5)"
 
     # Exactly the documented run directory.
-    assert {p.name for p in run_dir.iterdir()} == {"config.yaml", "metrics.jsonl", "checkpoints", out_name, "loss.png", "report.md"}
+    assert {p.name for p in run_dir.iterdir()} == {".tunesmith.json", "config.yaml", "metrics.jsonl", "checkpoints", out_name,
+                                                "loss.png", "report.md"}
     assert [p.name for p in ckpt.list_checkpoints(run_dir / "checkpoints")] == ["step-20", "step-30"]  # keep_checkpoints 2
     assert {p.name for p in (run_dir / "checkpoints").iterdir()} == {"step-20", "step-30"}  # no leftover .tmp-*
     for step_dir in ckpt.list_checkpoints(run_dir / "checkpoints"):
@@ -250,13 +251,15 @@ def test_train_learns_and_writes_a_loadable_result(kind, make_config, spy, tiny_
     if kind == "full":
         loaded = AutoModelForCausalLM.from_pretrained(out)
         assert loaded.dtype == torch.float32
-        assert {p.name for p in out.iterdir()} == {p.name for p in tiny_dir.iterdir()}  # same files as any HF model dir
+        # Same files as any HF model dir (tiny_dir, an init-model output, also has tunesmith's marker).
+        assert {p.name for p in out.iterdir()} == {p.name for p in tiny_dir.iterdir()} - {".tunesmith.json"}
     else:
         base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32,
                                                     **({"quantization_config": nf4_config()} if kind == "qlora" else {}))
         use_portable_cpu_kernel(base)  # one 4-bit CPU path on every machine (models/bnb_cpu.py)
         loaded = PeftModel.from_pretrained(base, out)
-        tokenizer_files = {p.name for p in tiny_dir.iterdir()} - {"config.json", "generation_config.json", "model.safetensors"}
+        tokenizer_files = {p.name for p in tiny_dir.iterdir()} - {"config.json", "generation_config.json", "model.safetensors",
+                                                                  ".tunesmith.json"}
         # README.md is PEFT's model card, written by save_pretrained; tunesmith_adapter.json says which base
         # quantization the adapter was trained on (merge and eval read it).
         assert {p.name for p in out.iterdir()} == {"adapter_config.json", "adapter_model.safetensors", "README.md",

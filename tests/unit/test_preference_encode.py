@@ -2,7 +2,6 @@
 the packed layout, KTO's mismatched pairs and its batch-size rule (PITFALLS 10)."""
 
 import pytest
-import torch
 
 from tunesmith.config import load_config
 from tunesmith.data.encode import IGNORE_INDEX, resolve_chat_template

@@ -133,12 +133,19 @@ def test_refuses_to_overwrite_then_replaces_with_overwrite(tmp_path, corpus_file
     assert str(out) in str(err.value)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces only what tunesmith wrote: a folder of the user's files is kept (issue 16).
+    with pytest.raises(UserError, match="tunesmith did not write"):
+        init_model(out, corpus=[corpus_file], vocab=300, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
-    init_model(out, corpus=[corpus_file], vocab=300, overwrite=True)
-    assert not (out / "keep.txt").exists()
-    assert (out / "model.safetensors").is_file()
-    # Only `out` remains beside it: no temp or old directories left behind.
-    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+    model = tmp_path / "model"
+    init_model(model, corpus=[corpus_file], vocab=300, seed=1)
+    (model / "stale.txt").write_text("from an older init")
+    init_model(model, corpus=[corpus_file], vocab=300, overwrite=True)
+    assert not (model / "stale.txt").exists()
+    assert (model / "model.safetensors").is_file()
+    # Only the outputs remain beside them: no temp or old directories left behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "out"]
 
 
 def test_empty_existing_dir_is_filled_without_overwrite(tmp_path, corpus_file):

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import gc
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DataConfig, EvalConfig, ModelConfig, load_config, parse_overrides, validate_config, merge_dicts
 from ..errors import UserError
 from ..console import say
+from ..io import atomic_dir
 from .compare import compare
 from .runner import GenOptions, run_task
 from .tasks import Task, load_task
@@ -84,13 +82,6 @@ def _plan(config, overrides, model, adapter, base, tasks, out) -> Plan:
     if base_path:
         plan.base = Target("base", base_path)
     return plan
-
-
-def _claim(out: Path, overwrite: bool) -> Path:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; pass --overwrite to replace it, or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
 
 
 def _load(target: Target, dtype: str):
@@ -230,18 +221,13 @@ def evaluate(config: str | Path | None = None, overrides: list[str] | None = Non
     if not (plan.tasks or plan.cfg.perplexity or plan.cfg.judge.mode != "none" or plan.cfg.harness):
         raise UserError("nothing to evaluate: give --tasks NAME=FILE, --perplexity FILE, a judge, or --harness TASKS")
     questions = _questions(plan.cfg)
-    tmp = _claim(plan.out, overwrite)
-    try:
+    inputs = [plan.model.path, plan.model.adapter, plan.base.path if plan.base else None,
+              *plan.cfg.tasks.values(), *plan.cfg.perplexity]
+    with atomic_dir(plan.out, "eval", overwrite=overwrite, inputs=inputs) as tmp:
         results = _run(plan, questions, tmp)
         from .report import write_outputs
 
         write_outputs(tmp, results)
-        if plan.out.exists():
-            shutil.rmtree(plan.out)
-        os.rename(tmp, plan.out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     say(f"eval: report {plan.out / 'report.md'}")
     return results
 

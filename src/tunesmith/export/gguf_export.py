@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..adapters import require_not_adapter
 from ..errors import UserError
+from ..io import atomic_write_text, check_output_file, clean_stale, sibling
 from .gguf_quant import check_quant, quantize_with_llama_cpp, require_llama_cpp
 from .gguf_write import DIRECT_TYPES, WriteResult, read_hf_config, write_gguf
 
@@ -68,9 +68,8 @@ def _check_args(model: Path, out: Path, quant: str, overwrite: bool, verify: boo
         raise UserError(f"--out {out} should end in .gguf (the Modelfile and report are written beside it)")
     if out.is_dir():
         raise UserError(f"--out {out} is a directory; give a file name such as {out / 'model.gguf'}")
-    for p in (out, *side_paths(out)):
-        if p.exists() and not overwrite:
-            raise UserError(f"{p} already exists; pass --overwrite to replace it or choose another --out")
+    for p in (out, *side_paths(out)):  # --overwrite replaces these four files and nothing else
+        check_output_file(p, overwrite=overwrite, inputs=[model])
     if verify or quant not in DIRECT_TYPES:
         require_llama_cpp("verification" if verify else f"--quant {quant}")
     return quant
@@ -78,19 +77,11 @@ def _check_args(model: Path, out: Path, quant: str, overwrite: bool, verify: boo
 
 def _intermediate_type(model_dir: Path) -> str:
     """The narrowest type that holds the checkpoint's weights exactly: llama.cpp quantizes from it."""
-    config = read_hf_config(model_dir)
-    dtype = config.get("torch_dtype") or config.get("dtype")
-    return {"bfloat16": "BF16", "float16": "F16"}.get(str(dtype), "F32")
+    import torch
 
+    from ..models.loading import stored_dtype
 
-def _tmp(out: Path, tag: str) -> Path:
-    return out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = _tmp(path, "tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return {torch.bfloat16: "BF16", torch.float16: "F16"}.get(stored_dtype(model_dir), "F32")
 
 
 def tensor_types(path: Path) -> dict[str, int]:
@@ -124,7 +115,7 @@ def eval_windows(tokenizer, eval_file: Path | None, window: int = 128, max_windo
 def _build(model: Path, tokenizer, quant: str, tmp: Path, name: str) -> WriteResult:
     if quant in DIRECT_TYPES:
         return write_gguf(model, tokenizer, tmp, quant, name)
-    source = _tmp(tmp, "src")
+    source = sibling(tmp, "src")
     try:
         written = write_gguf(model, tokenizer, source, _intermediate_type(model), name)
         quantize_with_llama_cpp(source, tmp, quant)
@@ -148,7 +139,8 @@ def export_gguf(model: str | Path, out: str | Path, quant: str = "Q4_K_M", overw
     windows = eval_windows(tokenizer, Path(eval_file) if eval_file else None) if verify else []
     modelfile, report, record = side_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(out, "tmp")
+    clean_stale(out)  # the temp file of an export that was killed
+    tmp = sibling(out, "tmp")
     try:
         written = _build(model, tokenizer, quant, tmp, name or model.name)
         result = ExportResult(out, modelfile, report, quant, tmp.stat().st_size, tensor_types(tmp), written.fallbacks)
@@ -156,16 +148,16 @@ def export_gguf(model: str | Path, out: str | Path, quant: str = "Q4_K_M", overw
             result.verification = _verify(model, tokenizer, tmp, quant, windows, max_ppl_increase, match_tokens)
         text = report_text(result, model)
         if result.verification is not None and not result.verification["passed"]:
-            _write_text_atomic(report, text)
+            atomic_write_text(report, text)
             raise VerificationError(f"{out} failed verification in llama.cpp and was not written: "
                                     + "; ".join(result.verification["failures"]) + f" (details: {report})")
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    _write_text_atomic(modelfile, modelfile_text(out.name, tokenizer))
-    _write_text_atomic(report, text)
+    atomic_write_text(modelfile, modelfile_text(out.name, tokenizer))
+    atomic_write_text(report, text)
     if result.verification is not None:
-        _write_text_atomic(record, json.dumps(result.verification, indent=1))
+        atomic_write_text(record, json.dumps(result.verification, indent=1))
     return result
 
 

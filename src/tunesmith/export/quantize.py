@@ -24,7 +24,9 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..merge.io import (VerificationError, atomic_dir, check_model_dir, check_out, read_json, write_text_atomic)
+from ..io import atomic_dir, atomic_write_text, check_output
+from ..merge.io import VerificationError, check_model_dir, read_json
+from ..models.loading import bnb_config, stored_dtype
 from ..merge.verify import logits_on_probes, max_logit_diff, probe_ids
 from ..models.bnb_cpu import use_portable_cpu_kernel
 from .quantize_data import chunks, default_texts, perplexity, read_texts
@@ -34,36 +36,20 @@ METHODS = ("int8", "nf4", "gptq", "awq")
 EVAL_WINDOWS = 64
 
 
-def source_dtype(path: Path) -> torch.dtype:
-    """The dtype the model is stored in; tensors that are not quantized stay in it."""
-    cfg = read_json(path / "config.json")
-    name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
-
-
 def _load_fp32(path: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True).eval()
 
 
-def _bnb_config(method: str):
-    from transformers import BitsAndBytesConfig
-
-    if method == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.uint8)
-
-
 def write_bnb(src: Path, tmp: Path, method: str, probes: torch.Tensor) -> tuple[object, str]:
     """Quantize with bitsandbytes, save, reload with plain from_pretrained; the reload must match."""
     from transformers import AutoModelForCausalLM
 
-    q = AutoModelForCausalLM.from_pretrained(src, dtype=source_dtype(src), quantization_config=_bnb_config(method),
+    q = AutoModelForCausalLM.from_pretrained(src, dtype=stored_dtype(src), quantization_config=bnb_config(method),
                                              device_map={"": "cpu"}, use_safetensors=True).eval()
     q.save_pretrained(tmp, safe_serialization=True)
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp, device_map={"": "cpu"}, dtype=source_dtype(src)).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp, device_map={"": "cpu"}, dtype=stored_dtype(src)).eval()
     use_portable_cpu_kernel(q)
     use_portable_cpu_kernel(reloaded)
     kind = "Linear4bit" if method == "nf4" else "Linear8bitLt"
@@ -92,7 +78,7 @@ def write_packed(src: Path, tmp: Path, method: str, calib: torch.Tensor, bits: i
 
     model = _load_fp32(src)
     results, diag = quantize_model_layers(model, calib, method, bits, group_size, act_order)
-    keep = source_dtype(src)  # embeddings, norms, lm_head: as stored in the source, not the fp32 working copy
+    keep = stored_dtype(src)  # embeddings, norms, lm_head: as stored in the source, not the fp32 working copy
     state = {k: (v.to(keep) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
     for name, r in results.items():
         del state[f"{name}.weight"]
@@ -195,7 +181,8 @@ def quantize_model(model: str | Path, out: str | Path, method: str, bits: int = 
     if method not in METHODS:  # before any model is loaded
         raise UserError(f"--method {method!r}: use one of {', '.join(METHODS)}")
     src = check_model_dir(model, "--model")
-    out = check_out(out, overwrite)
+    inputs = [src, calibration, eval_file]
+    out = check_output(out, "quantize", overwrite=overwrite, inputs=inputs)
     if samples < 1:
         raise UserError(f"--samples {samples}: use at least 1 calibration sequence")
     tokenizer = AutoTokenizer.from_pretrained(src)
@@ -206,7 +193,7 @@ def quantize_model(model: str | Path, out: str | Path, method: str, bits: int = 
     ppl_ref = perplexity(reference, eval_ids, desc="perplexity (original)")
     probes = probe_ids(tokenizer)
     diag: dict = {}
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, "quantize", overwrite=overwrite, inputs=inputs) as tmp:
         if method in ("int8", "nf4"):
             reloaded, reader = write_bnb(src, tmp, method, probes)
             n_calib = 0
@@ -227,7 +214,7 @@ def quantize_model(model: str | Path, out: str | Path, method: str, bits: int = 
                    "size_original_bytes": _weights_size(src), "size_bytes_weights": _weights_size(tmp), "reader": reader,
                    "awq_loss_vs_rtn": (diag["loss"], diag["rtn_loss"]) if method == "awq" else None,
                    "seconds": round(time.perf_counter() - t0, 1)}
-        write_text_atomic(tmp / "report.md", _report(summary))
+        atomic_write_text(tmp / "report.md", _report(summary))
     summary["size_bytes"] = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     summary["verified"] = (f"{reader}; perplexity {ppl_q:.3f} vs {ppl_ref:.3f} unquantized "
                            f"({summary['ppl_delta_pct']:+.2f}%) on {len(eval_ids)} held-out windows")

@@ -27,8 +27,9 @@ import torch
 from ..adapters import (adapter_type_of, get_spec, require_mergeable, short_load_error, training_quantization,
                         unknown_quantization)
 from ..errors import UserError
-from .io import (DTYPES, VerificationError, atomic_dir, check_adapter_dir, check_model_dir, check_out, dir_size,
-                 read_json, write_text_atomic)
+from ..io import atomic_dir, atomic_write_text, check_output
+from ..models.loading import bnb_config, stored_dtype
+from .io import DTYPES, VerificationError, check_adapter_dir, check_model_dir, dir_size
 from .verify import compare_state_dicts, logits_on_probes, max_logit_diff, probe_ids
 
 QUANTIZATIONS = ("auto", "none", "nf4", "int8")
@@ -36,16 +37,11 @@ QUANTIZATIONS = ("auto", "none", "nf4", "int8")
 
 def load_base(base: Path, quantization: str, double_quant: bool = True):
     """The base in fp32; a 4/8-bit base is quantized as in training and then dequantized to fp32."""
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import AutoModelForCausalLM
 
     kwargs: dict = dict(dtype=torch.float32, use_safetensors=True)
-    if quantization == "nf4":
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
-            bnb_4bit_compute_dtype=torch.float32, bnb_4bit_quant_storage=torch.uint8)
-    elif quantization == "int8":
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
-    if "quantization_config" in kwargs:
+    if quantization in ("nf4", "int8"):
+        kwargs["quantization_config"] = bnb_config(quantization, double_quant, compute_dtype=torch.float32)
         kwargs["device_map"] = {"": "cpu"}
     try:
         model = AutoModelForCausalLM.from_pretrained(base, **kwargs)
@@ -101,7 +97,8 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
         raise UserError(f"--weights has {len(weights)} values for {len(adapters)} adapters; give one weight per adapter")
     if base_quantization not in QUANTIZATIONS:
         raise UserError(f"--base-quantization {base_quantization!r}: use one of {', '.join(QUANTIZATIONS)}")
-    out = check_out(out, overwrite)
+    inputs = [base, *adapters]
+    out = check_output(out, "merge", overwrite=overwrite, inputs=inputs)
     quant, double_quant = _quantization(adapters, base_quantization)
     save_dtype = _save_dtype(base, dtype)
 
@@ -117,7 +114,7 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
         raise VerificationError(f"merged model's logits differ from the adapter's by {diff:.3g} (> {tol:.1g}); nothing written")
 
     merged = merged.to(save_dtype)
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, "merge", overwrite=overwrite, inputs=inputs) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=save_dtype, use_safetensors=True)
@@ -127,7 +124,7 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
         summary = {"out": str(out), "base": str(base), "adapters": [str(a) for a in adapters], "weights": weights,
                    "base_quantization": quant, "dtype": str(save_dtype).removeprefix("torch."),
                    "max_logit_diff": diff, "tolerance": tol, "seconds": round(time.perf_counter() - t0, 2)}
-        write_text_atomic(tmp / "report.md", _report(summary))
+        atomic_write_text(tmp / "report.md", _report(summary))
     summary["size_bytes"] = dir_size(out)
     return summary
 
@@ -152,9 +149,7 @@ def _save_dtype(base: Path, dtype: str) -> torch.dtype:
         if dtype not in DTYPES:
             raise UserError(f"--dtype {dtype!r}: use auto, fp32, bf16 or fp16")
         return DTYPES[dtype]
-    cfg = read_json(base / "config.json")
-    name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+    return stored_dtype(base)
 
 
 def _report(s: dict) -> str:

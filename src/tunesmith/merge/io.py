@@ -1,20 +1,17 @@
-"""Reading inputs and writing outputs for merge and quantize: checked paths, atomic directories,
-and the verification error every stage raises when what it wrote does not check out."""
+"""Reading inputs for merge and quantize: checked model and adapter directories, and the
+verification error every stage raises when what it wrote does not check out. Outputs are claimed
+and written through tunesmith.io."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from ..adapters import require_not_adapter
 from ..errors import UserError
-from ..models.tiny import _apply_umask, _check_out, _move_into_place, _sibling
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -52,28 +49,6 @@ def read_json(path: Path) -> dict:
         raise UserError(f"{path}: cannot read JSON ({e})") from None
 
 
-def check_out(out: str | Path, overwrite: bool) -> Path:
-    out = Path(out).expanduser()
-    _check_out(out, overwrite)
-    return out
-
-
-@contextmanager
-def atomic_dir(out: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a hidden sibling directory to fill; on success it replaces `out` in one rename, on any
-    error it is removed and `out` is untouched."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    tmp.mkdir()
-    try:
-        yield tmp
-        _apply_umask(tmp)
-        _move_into_place(tmp, out, overwrite)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
     copied = []
     for name in TOKENIZER_FILES:
@@ -81,12 +56,6 @@ def copy_tokenizer_files(src: Path, dst: Path) -> list[str]:
             shutil.copy2(src / name, dst / name)
             copied.append(name)
     return copied
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def dir_size(path: Path) -> int:

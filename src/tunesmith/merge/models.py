@@ -22,8 +22,9 @@ from ..console import progress_bar
 from ..config import load_config
 from ..errors import ConfigError, UserError
 from .config import MergeConfig, resolve
-from .io import (DTYPES, VerificationError, atomic_dir, check_model_dir, check_out, copy_tokenizer_files, dir_size,
-                 read_json, write_text_atomic)
+from ..io import atomic_dir, atomic_write_text, check_output
+from ..models.loading import stored_dtype
+from .io import DTYPES, VerificationError, check_model_dir, copy_tokenizer_files, dir_size, read_json
 from .methods import MERGE_METHODS, MergeParams
 from .verify import compare_state_dicts, logits_on_probes, probe_ids
 
@@ -127,17 +128,16 @@ def merge_models(config: str | Path, out: str | Path, overrides: list[str] | Non
     """Merge the models listed in a merge.yaml; verify that `from_pretrained` loads exactly the result."""
     t0 = time.perf_counter()
     cfg: MergeConfig = load_config(config, overrides, schema=MergeConfig)
-    out = check_out(out, overwrite)
     models = [Weights(check_model_dir(m.path, f"models.{i}.path")) for i, m in enumerate(cfg.models)]
     base = Weights(check_model_dir(cfg.base_model, "base_model")) if cfg.base_model else None
+    inputs = [m.path for m in cfg.models] + [cfg.base_model]
+    out = check_output(out, "merge", overwrite=overwrite, inputs=inputs)
     ref = base or models[0]
     _check_compatible(ref, [m for m in models if m is not ref])
-    src_cfg = read_json(models[0].path / "config.json")
-    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else {
-        "bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(src_cfg.get("dtype") or src_cfg.get("torch_dtype")), torch.float32)
+    dtype = DTYPES[cfg.dtype] if cfg.dtype != "auto" else stored_dtype(models[0].path)
     state = merge_tensors(cfg, models, base, dtype)
     tok_src = base.path if (cfg.tokenizer_from == "base" and base) else models[0].path
-    with atomic_dir(out, overwrite) as tmp:
+    with atomic_dir(out, "merge", overwrite=overwrite, inputs=inputs) as tmp:
         files = save_state_dict(state, tmp)
         model_cfg = dict(read_json(ref.path / "config.json"), dtype=_DTYPE_NAMES[dtype])
         model_cfg.pop("torch_dtype", None)
@@ -151,7 +151,7 @@ def merge_models(config: str | Path, out: str | Path, overrides: list[str] | Non
                    "tokenizer_files": copied, "tokenizer_from": str(tok_src), "probe_logits_max": diff,
                    "probe_checked": diff == diff,  # NaN: no tokenizer, so no probe forward was run
                    "seconds": round(time.perf_counter() - t0, 2)}
-        write_text_atomic(tmp / "report.md", _report(cfg, summary))
+        atomic_write_text(tmp / "report.md", _report(cfg, summary))
     summary["size_bytes"] = dir_size(out)
     return summary
 

@@ -8,6 +8,7 @@ the CPU (>= 0.48), so QLoRA is real here too.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -61,17 +62,31 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tok
 
 
-def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
-    if cfg.quantization == "none":
+def stored_dtype(model_dir: str | Path) -> torch.dtype:
+    """The dtype a transformers checkpoint is stored in, from its config.json (`dtype`, or the older
+    `torch_dtype`); fp32 when it says nothing."""
+    path = Path(model_dir) / "config.json"
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: cannot read JSON ({e})") from None
+    name = str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
+
+
+def bnb_config(quantization: str, double_quant: bool = True, compute_dtype: torch.dtype = torch.float32):
+    """The bitsandbytes config for `quantization` ("nf4", "int8"; None for "none"), the same for
+    training (QLoRA), merging onto the base as trained, and `tunesmith quantize`."""
+    if quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
 
-    if cfg.quantization == "int8":
+    if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=cfg.double_quant,
+        bnb_4bit_use_double_quant=double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
         bnb_4bit_quant_storage=torch.uint8,
     )
@@ -92,7 +107,7 @@ def load_model(cfg: ModelConfig, compute_dtype: torch.dtype | None = None, devic
         trust_remote_code=cfg.trust_remote_code,
         use_safetensors=True,
     )
-    qcfg = quantization_config(cfg, compute_dtype or dtype)
+    qcfg = bnb_config(cfg.quantization, cfg.double_quant, compute_dtype or dtype)
     if qcfg is not None:
         kwargs["quantization_config"] = qcfg
         kwargs["device_map"] = {"": str(device) if device.type == "cpu" else device.index or 0}

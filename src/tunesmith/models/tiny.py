@@ -10,13 +10,11 @@ tested end to end on the CPU against a model shaped like the real ones:
   token distinct from EOS (so masking padding never masks the real end of a reply).
 """
 
-import os
-import shutil
-import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tunesmith.errors import UserError
+from tunesmith.io import atomic_dir
 
 SIZES = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -105,30 +103,22 @@ def init_model(
     The tokenizer is trained on the files in `corpus` (UTF-8 text), or on `builtin_corpus()` when
     it is None. Everything is built in a temporary directory beside `out` and renamed into place,
     so `out` is never left half-written; an existing non-empty `out` is replaced only when
-    `overwrite` is set, and only once the new one is complete.
+    `overwrite` is set and it is an init-model output (tunesmith.io), and only once the new one
+    is complete.
     """
     out = Path(out)
     # All checks happen before any work, so a mistake costs nothing and touches nothing.
     if size not in SIZES:
         raise UserError(f"unknown model size {size!r}; valid sizes: {', '.join(SIZES)}")
     _check_vocab(vocab)
-    _check_out(out, overwrite)
     texts = _corpus_texts(corpus)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    tmp.mkdir()  # not mkdtemp: that makes it 0700, and the rename would keep those permissions
-    try:
+    with atomic_dir(out, "init-model", overwrite=overwrite, inputs=corpus or ()) as tmp:
         tokenizer = train_tokenizer(texts, vocab, model_max_length=max_position_embeddings)
         _build_model(tokenizer, size, seed, max_position_embeddings).save_pretrained(
             tmp, safe_serialization=True
         )
         tokenizer.save_pretrained(tmp)
-        _apply_umask(tmp)
-        _move_into_place(tmp, out, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -173,16 +163,6 @@ def _check_special_ids(tokenizer) -> None:
     assert ids == list(range(len(SPECIAL_TOKENS))), f"special token ids {ids}"
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a directory; choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(
-            f"{out} already exists and is not empty; pass --overwrite to replace it "
-            "or choose another output path"
-        )
-
-
 def _corpus_texts(corpus: list[str | Path] | None) -> Iterable[str]:
     if corpus is None:
         from tunesmith.models.corpus import builtin_corpus
@@ -204,35 +184,3 @@ def _read_lines(paths: list[Path]) -> Iterator[str]:
         except UnicodeDecodeError as e:
             raise UserError(f"corpus file {path} is not UTF-8 text ({e.reason} at byte "
                             f"{e.start}); convert it to UTF-8") from None
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished `tmp` to `out`; an old `out` is moved aside first, deleted after."""
-    _check_out(out, overwrite)  # again: something may have written there while we trained
-    if not out.exists() or not any(out.iterdir()):
-        # rename(2) replaces an empty directory atomically.
-        os.replace(tmp, out)
-        return
-    old = _sibling(out, "old")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)  # put the user's directory back
-        raise
-    shutil.rmtree(old)
-
-
-def _apply_umask(directory: Path) -> None:
-    """Give the files the permissions a plain `open()` would: save_pretrained leaves
-    model.safetensors at 0600 (seen with transformers 5.23), which a server running as another
-    user cannot read."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in directory.iterdir():
-        path.chmod(0o666 & ~umask)
-
-
-def _sibling(out: Path, tag: str) -> Path:
-    """A hidden, unique path in the same directory as `out`, so renames never cross filesystems."""
-    return out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from ..console import progress_bar
 
+from ..console import progress_bar
+from ..io import atomic_file
 from .logps import sequence_logps
 
 
@@ -113,10 +114,8 @@ def precompute(ctx, rows: list, collate, micro_batch: int, cfg, progress: bool =
     if not bool(torch.isfinite(table).all()):
         raise RuntimeError("a reference log-prob is not finite; check the model and data")
     if ctx.process_index == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file({"ref_logps": table.contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        with atomic_file(path) as tmp:
+            save_file({"ref_logps": table.contiguous()}, str(tmp))
     ctx.say(f"dpo: reference log-probs of {len(rows)} pairs computed and cached in {path}"
             + (f" ({share} or fewer on each of {ctx.num_processes} processes)" if ctx.num_processes > 1 else ""))
     return table

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from . import fsdp
-from .metrics import plain_permissions
+from ..io import plain_permissions
 
 MANIFEST = "manifest.json"
 
@@ -44,12 +44,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict:

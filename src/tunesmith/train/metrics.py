@@ -11,38 +11,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import IO, Any
 
 from tqdm import tqdm
 
 from ..console import progress_bar
-
-
-def plain_permissions(path: Path) -> None:
-    """Give `path` the mode a plain `open()` would (0666 minus the umask): mkstemp and safetensors'
-    writer create files 0600, which a server or a colleague running as another user cannot read."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so a reader sees the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        plain_permissions(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from ..io import atomic_write_bytes, plain_permissions  # noqa: F401  (re-exported: the report writers import them from here)
 
 
 def _encode(value: Any) -> Any:

@@ -2,17 +2,16 @@
 dependency order; `fit` runs `train_loop` and the final evaluation; `finish` writes the result, the
 plots and the report. Only the objective (objectives/base.py) knows which method is training.
 
-Order matters: the config is validated first (no weight is loaded for a config that will fail),
-then the run directory is claimed, then the tokenizer (the data needs it), the data (bad rows
-fail before the model costs memory), the model, the adapter, the optimizer, and only then is a
-checkpoint restored into them.
+Order matters: the config and the output_dir are validated first (no weight is loaded for a config
+that will fail), then the tokenizer (the data needs it), the data (bad rows fail before the model
+costs memory), the model and the adapter; only then is the run directory claimed (an old run that
+--overwrite replaces is moved aside, and put back if this run fails), then the optimizer, and
+only then is a checkpoint restored into them.
 """
 
 from __future__ import annotations
 
-import os
 import resource
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..config import RunConfig, load_config
 from ..console import say  # noqa: F401 (also imported from here as train.run.say by older code)
 from ..data.pipeline import PreparedData
 from ..errors import ConfigError, TrainingError, UserError
+from ..io import Claim, apply_umask, atomic_write_text, check_output, claim_dir, clean_stale, sibling, swap_in
 from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
 from ..objectives import get_objective
 from ..objectives.base import Objective, SetupContext
@@ -33,7 +33,7 @@ from . import fsdp
 from .callbacks import Callback, as_callbacks
 from .forward import base_causal_lm
 from .loop import LoopParts, LoopState, autocast, evaluate_with_metrics, train_loop
-from .metrics import MetricsLog, Progress, fmt_count, plain_permissions
+from .metrics import MetricsLog, Progress, fmt_count
 from .optim import build_optimizer, build_scheduler
 from .report import write_report
 from .sampler import StepSampler
@@ -51,26 +51,41 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def claim_run_dir(cfg: RunConfig, overwrite: bool, resume: bool) -> Path:
-    run_dir = Path(cfg.output_dir)
-    busy = run_dir.exists() and any(run_dir.iterdir())
-    if busy and resume:
-        saved = run_dir / "config.yaml"
-        if saved.is_file():
-            old = _flat(load_config(saved).model_dump(mode="json"))
-            new = _flat(cfg.model_dump(mode="json"))
-            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
-            if changed:
-                raise ConfigError(f"--resume: the config differs from the run in {run_dir} in {changed}; "
-                                  "resume with the same config, or start a new run in another output_dir")
-        return run_dir
-    if busy and not overwrite:
-        raise UserError(f"output_dir {run_dir} already holds a run; pass --resume to continue it, --overwrite to replace it, "
-                        "or set output_dir to a new directory")
-    if busy:
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
+def claim_run_dir(cfg: RunConfig, overwrite: bool, resume: bool) -> Claim:
+    """The run directory, checked and claimed (io.claim_dir): an old run is moved aside, not deleted,
+    until `commit()`; the data and model may not live inside it. With `resume`, the directory must
+    hold this run (same config) and something to continue from."""
+    if resume:  # checked again (claim_dir checks the rest again): something may have written there meanwhile
+        _check_resume(cfg, Path(cfg.output_dir))
+    return claim_dir(cfg.output_dir, "train", overwrite=overwrite, inputs=_inputs(cfg), what="output_dir", resume=resume)
+
+
+def check_run_dir(cfg: RunConfig, overwrite: bool, resume: bool) -> None:
+    """Everything claim_run_dir would refuse, without touching anything."""
+    if resume:
+        _check_resume(cfg, Path(cfg.output_dir))
+    check_output(cfg.output_dir, "train", overwrite=overwrite, what="output_dir", allow_existing=resume, inputs=_inputs(cfg))
+
+
+def _inputs(cfg: RunConfig) -> list[str]:
+    return [*cfg.data.train, *cfg.data.eval, cfg.model.path]
+
+
+def _check_resume(cfg: RunConfig, run_dir: Path) -> None:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise UserError(f"--resume: output_dir {run_dir} holds no run (no config.yaml); drop --resume to start one")
+    old = _flat(load_config(saved).model_dump(mode="json"))
+    new = _flat(cfg.model_dump(mode="json"))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(f"--resume: the config differs from the run in {run_dir} in {changed}; "
+                          "resume with the same config, or start a new run in another output_dir")
+    final = [name for name in ("adapter", "model") if (run_dir / name).exists()]
+    if final and ckpt.latest_valid(run_dir / "checkpoints", warn=lambda _: None) is None:
+        raise UserError(f"--resume: {run_dir} holds a finished run ({final[0]}/) and no complete checkpoint to continue "
+                        "from, so resuming would start over and replace it; train into a new output_dir (or pass "
+                        "--overwrite instead of --resume to replace it deliberately)")
 
 
 def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
@@ -114,8 +129,8 @@ def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dic
     chat template, written into a temp dir and renamed into place. `full_state`: the gathered state
     dict of a sharded (FSDP) model, whose own parameters are only this rank's shards."""
     name = "model" if cfg.adapter.type == "none" else "adapter"
-    final, tmp = run_dir / name, run_dir / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    final, tmp = run_dir / name, sibling(run_dir / name, "tmp")
+    clean_stale(final)  # a .tmp of a save that was killed
     if cfg.adapter.type == "none":
         dtype = resolve_dtype(cfg.model.dtype)
         state = {k: v.detach().to(dtype) for k, v in (full_state or model.state_dict()).items()}
@@ -123,12 +138,8 @@ def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dic
     else:
         save_adapter(model, tmp, full_state)
     tokenizer.save_pretrained(tmp)
-    for p in tmp.iterdir():
-        if p.is_file():
-            plain_permissions(p)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    apply_umask(tmp)
+    swap_in(tmp, final)  # a result from before (a resumed run) is deleted only once the new one is in
     return final
 
 
@@ -152,7 +163,21 @@ class Run:
 def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *, overwrite: bool = False,
           resume: bool = False, callbacks: list[Callback | Callable] | None = None) -> dict:
     """Run one training job; returns the summary that report.md is written from. `callbacks`:
-    `Callback` objects or functions `fn(step, record)` (train/callbacks.py)."""
+    `Callback` objects or functions `fn(step, record)` (train/callbacks.py). A run that fails after
+    --overwrite moved the old run aside puts the old run back."""
+    claims: list[Claim] = []
+    try:
+        summary = _train(config, overrides, overwrite, resume, as_callbacks(callbacks), claims)
+    except BaseException:
+        for claim in claims:
+            claim.restore()
+        raise
+    for claim in claims:
+        claim.commit()
+    return summary
+
+
+def _train(config, overrides, overwrite: bool, resume: bool, callbacks: list[Callback], claims: list[Claim]) -> dict:
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("`train.precision: fp16` needs a GPU; on the CPU use bf16 or fp32")
@@ -161,24 +186,23 @@ def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *,
     cfg = cfg.resolved()
     for note in cfg.start_notes():  # e.g. epochs unused under max_steps; a trained lm_head means full logits
         say(f"note: {note}")
-    run = setup(cfg, overwrite=overwrite, resume=resume, callbacks=as_callbacks(callbacks))
+    run = setup(cfg, overwrite=overwrite, resume=resume, callbacks=callbacks, claims=claims)
     final_eval, final_metrics = fit(run)
     return finish(run, final_eval, final_metrics)
 
 
-def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Callback]) -> Run:
-    """Everything the loop needs, in dependency order: run directory, tokenizer, data, model, the
-    objective's module and reference, optimizer, then the checkpoint restored into them."""
+def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Callback], claims: list[Claim]) -> Run:
+    """Everything the loop needs, in dependency order: the output_dir checked, tokenizer, data, model,
+    then the run directory claimed (its claim appended to `claims` for train() to commit or restore),
+    the objective's module and reference, optimizer, then the checkpoint restored into them."""
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
     if acc.num_processes > 1:
         say(f"distributed: {acc.distributed_type.value} over {acc.num_processes} processes ({acc.device.type})")
     t_begin = time.time()
-    run_dir = claim_run_dir(cfg, overwrite, resume) if acc.is_main_process else Path(cfg.output_dir)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        (run_dir / "config.yaml").write_text(cfg.dump())
+    if acc.is_main_process:  # a bad output_dir fails before any weight is loaded; nothing is moved or written yet
+        check_run_dir(cfg, overwrite, resume)
     torch.manual_seed(cfg.train.seed)
 
     tokenizer = load_tokenizer(cfg.model.path, cfg.model.trust_remote_code)
@@ -198,6 +222,12 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise TrainingError("no parameter is trainable; check adapter.type and adapter.target_modules")
+    # Config, data and model have all checked out: only now is an old run moved aside, and config.yaml written.
+    if acc.is_main_process:
+        claims.append(claim_run_dir(cfg, overwrite, resume))
+        atomic_write_text(Path(cfg.output_dir) / "config.yaml", cfg.dump())
+    acc.wait_for_everyone()
+    run_dir = Path(cfg.output_dir)
     say(f"model: {fmt_count(trainable)} trainable of {fmt_count(total)} parameters ({100 * trainable / total:.2f}%; {trainable:,} exactly)")
     wrapper = objective.wrap(model)
     # The reference model / log-probs, before sharding, DDP and a checkpoint move the weights.

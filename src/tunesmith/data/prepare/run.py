@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,8 @@ from typing import Any
 from ...console import progress_bar
 
 from ...config import DataConfig, PrepareConfig
-from ...errors import ConfigError, DataError, UserError
+from ...errors import ConfigError, DataError
+from ...io import atomic_dir, check_output
 from ..formats import RowError
 from ..readers import read_rows
 from .contamination import ContaminationCheck
@@ -69,14 +69,12 @@ def _check_job(data: DataConfig, cfg: PrepareConfig, out: Path, overwrite: bool)
         raise ConfigError(f"`prepare.weights` has {len(cfg.weights)} weights for {len(data.train)} `data.train` files; give one per file")
     for path in data.train:
         read_rows(path)  # checks that it exists and is a kind we read; reads nothing yet
-        if Path(path).resolve() == out.resolve() or out.resolve() in Path(path).resolve().parents:
-            raise ConfigError(f"the output directory {out} holds the input {path}; choose another `output_dir`")
-    if out.is_dir() and ((out / "checkpoints").exists() or (out / "config.yaml").is_file()):
-        # A training run shares the config's output_dir; --overwrite must never delete one.
-        raise UserError(f"{out} holds a training run (config.yaml / checkpoints/), not prepared data; pass --out DIR "
-                        "(or another output_dir) for the prepared data")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise UserError(f"{out} already exists and is not empty; pass --overwrite to replace it, or choose another --out")
+    # A training run shares the config's output_dir: check_output refuses to replace another stage's output.
+    check_output(out, "prepare", overwrite=overwrite, inputs=_inputs(data, cfg))
+
+
+def _inputs(data: DataConfig, cfg: PrepareConfig) -> list[str]:
+    return [*data.train, *cfg.contamination.benchmarks]
 
 
 def _read_source(s: int, path: str, data: DataConfig, cfg: PrepareConfig, read: StepReport, sink, wanted: str) -> str:
@@ -168,18 +166,10 @@ def run_prepare(data: DataConfig, cfg: PrepareConfig, out: str | Path, tokenizer
     steps = _steps(cfg, counter)
     read = StepReport("read + normalise")
     read.notes.append(f"unicode {cfg.normalize.unicode}, whitespace clean-up {'on' if cfg.normalize.whitespace else 'off'}")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, "prepare", overwrite=overwrite, inputs=_inputs(data, cfg)) as tmp:
         manifest = _prepare_into(tmp, data, cfg, steps, read, counter, micro_batch_size, fmt or data.format)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "prepare_report.md").write_text(render_report(manifest), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return {**manifest, "output_dir": str(out)}
 
 
