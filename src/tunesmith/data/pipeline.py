@@ -78,8 +78,8 @@ def _to_rows(encoded: list[Encoded], cfg: DataConfig, seed: int) -> list[Row]:
     return pack(encoded, cfg.max_length, seed) if cfg.packing else unpacked(encoded)
 
 
-def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42, need_train: bool = True) -> PreparedData:
-    if need_train and not cfg.train:
+def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42) -> PreparedData:
+    if not cfg.train:
         raise DataError("`data.train` is empty; give one or more data files")
     resolve_chat_template(tokenizer, cfg.chat_template)
     notes: list[str] = []
@@ -109,7 +109,7 @@ def prepare_data(cfg: DataConfig, tokenizer, seed: int = 42, need_train: bool = 
         notes.append("dropped after tokenization: " + ", ".join(f"{n} {r}" for r, n in dropped.items()))
     if eval_dropped:  # the eval loss is over fewer examples than the eval files hold: say so
         notes.append("eval: dropped after tokenization: " + ", ".join(f"{n} {r}" for r, n in eval_dropped.items()))
-    if need_train and not train_enc:
+    if not train_enc:
         raise DataError(f"no training example is left after tokenization ({dict(dropped)}); check data.max_length and the data")
     train_rows = _to_rows(train_enc, cfg, seed)
     eval_rows = _to_rows(eval_enc, cfg, seed + 1)

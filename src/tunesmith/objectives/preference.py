@@ -78,9 +78,9 @@ class RewardObjective(PairObjective):
 
 
 class DPOObjective(PairObjective):
-    """DPO and its variants (`dpo.loss`), over summed and mean response log-probs. The reference is
+    """DPO and its variants (`preference.loss`), over summed and mean response log-probs. The reference is
     a live model (`Reference`: the adapter-disabled base or a frozen copy) or, with
-    `dpo.precompute_ref`, a (rows, 2) table of log-probs indexed by the batch's `row_ids`."""
+    `preference.precompute_ref`, a (rows, 2) table of log-probs indexed by the batch's `row_ids`."""
 
     def __init__(self, cfg):
         super().__init__(cfg)

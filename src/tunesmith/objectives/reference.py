@@ -3,7 +3,7 @@
 - LoRA / QLoRA: the reference IS the base model, so it is the same module with the adapter
   disabled (`PeftModel.disable_adapter()`), under no_grad. No second copy of the weights.
 - Full fine-tuning: a frozen copy made before the first step (eval mode, no grad), or with
-  `dpo.precompute_ref: true` no model at all: the reference log-probs of every example are
+  `preference.precompute_ref: true` no model at all: the reference log-probs of every example are
   computed once before training (under the loop's autocast, so both forms are the same
   computation, sharded over the processes) into a (rows, 2) tensor indexed by the row's `id`, and
   cached on disk under a key of (model files, token ids of the data, max lengths, loss,
