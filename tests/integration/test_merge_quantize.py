@@ -46,6 +46,7 @@ def test_train_merge_answers_like_the_adapter(tmp_path, tiny_dir, alpaca64, quan
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.evaluate.generation import greedy_answers
+    from tunesmith.models.bnb_cpu import use_portable_cpu_kernel
     from tunesmith.models.loading import bnb_config
 
     run = _train(tmp_path, tiny_dir, alpaca64, quantization)
@@ -56,6 +57,7 @@ def test_train_merge_answers_like_the_adapter(tmp_path, tiny_dir, alpaca64, quan
 
     kwargs = {"quantization_config": bnb_config("nf4"), "device_map": {"": "cpu"}} if quantization == "nf4" else {}
     base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32, **kwargs)
+    use_portable_cpu_kernel(base)  # one 4-bit CPU path on every machine (models/bnb_cpu.py)
     adapted = PeftModel.from_pretrained(base, str(run / "adapter")).eval()
     merged = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     tok_run, tok_merged = AutoTokenizer.from_pretrained(run / "adapter"), AutoTokenizer.from_pretrained(out)
