@@ -32,6 +32,19 @@ class Adapter:
     last_used: int = 0
     in_use: int = 0  # running or admitted sequences
     removed: bool = False  # unregistered; weights go once in_use reaches 0
+    chat_template: str | None = None  # the template it was trained with, when saved beside it
+
+
+def saved_chat_template(p: Path) -> str | None:
+    """The chat template `tunesmith train` saves with an adapter (PITFALLS 8: serve in the format it
+    was trained in), from chat_template.jinja or tokenizer_config.json; None when there is none."""
+    if (p / "chat_template.jinja").is_file():
+        return (p / "chat_template.jinja").read_text(encoding="utf-8")
+    try:
+        tpl = json.loads((p / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return tpl if isinstance(tpl, str) else None
 
 
 def check_adapter_dir(path: str | Path, allowed: list[Path], what: str = "lora_path") -> Path:
@@ -83,12 +96,13 @@ class AdapterPool:
                 raise APIError(404, f"The model `{name}` does not exist.", code="model_not_found", param="model")
             return a
 
-    def register(self, name: str, path: str | Path) -> Adapter:
-        p = check_adapter_dir(path, self.allowed)
+    def register(self, name: str, path: str | Path, trusted: bool = False) -> Adapter:
+        """Add an adapter clients may name; `trusted` (given on the command line) skips the allowed-directory check."""
+        p = check_adapter_dir(path, [] if trusted else self.allowed)
         with self.lock:
             if name in self.by_name and not self.by_name[name].removed:
                 raise APIError(400, f"The lora adapter `{name}` has already been loaded.", param="lora_name")
-            a = Adapter(name, p)
+            a = Adapter(name, p, chat_template=saved_chat_template(p))
             self.by_name[name] = a
             return a
 
@@ -131,9 +145,18 @@ class AdapterPool:
         return self.model
 
     def drop(self, a: Adapter) -> None:
-        if a.peft_name is not None and self.model is not None:
+        if a.peft_name is None or self.model is None:
+            return
+        if list(self.model.peft_config) == [a.peft_name]:
+            # PEFT cannot run a PeftModel with no adapter left: take the LoRA layers out again
+            self.model.unload()
+            self.model = None
+        else:
             self.model.delete_adapter(a.peft_name)
-            a.peft_name = None
+            if self.model.active_adapter not in self.model.peft_config:
+                # PeftModel keeps naming the deleted adapter as active and fails its next forward on it
+                self.model.active_adapter = next(iter(self.model.peft_config))
+        a.peft_name = None
 
     def _loaded(self) -> list[Adapter]:
         seen = {id(a): a for a in self.by_name.values()}

@@ -71,12 +71,14 @@ class Engine:
         self.waiting: collections.deque[Sequence] = collections.deque()
         self.commands: collections.deque = collections.deque()
         self.running: list[Sequence] = []
-        self.batch = BatchCache()
+        self.device = next(model.parameters()).device
+        self.batch = BatchCache(self.device)
         self.cv = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
         self.steps = 0  # decode steps run (for tests and /health)
         self.max_rows_seen = 0  # the widest decode step so far
+        self.max_adapters_seen = 0  # the most distinct adapters (base counted) in one decode step
 
     # --- the HTTP side -----------------------------------------------------------------------------
 
@@ -128,7 +130,7 @@ class Engine:
                 for seq in self.running:
                     seq.emit(Event(error=APIError(500, f"generation failed: {type(e).__name__}: {e}")))
                     self._release(seq)
-                self.running, self.batch = [], BatchCache()
+                self.running, self.batch = [], BatchCache(self.device)
         for seq in self.running + list(self.waiting):
             seq.emit(Event(error=APIError(503, "the server is shutting down")))
 
@@ -177,7 +179,7 @@ class Engine:
             self.waiting = collections.deque(deferred + arrived)
 
     def _prefill(self, seq: Sequence) -> None:
-        ids = torch.tensor([seq.prompt_ids], dtype=torch.long)
+        ids = torch.tensor([seq.prompt_ids], dtype=torch.long, device=self.device)
         out = self._forward([seq], input_ids=ids)
         if self._accept(seq, out.logits[0, -1]):
             self._release(seq)
@@ -187,13 +189,14 @@ class Engine:
 
     def _decode_step(self) -> None:
         mask, positions = self.batch.step_inputs()
-        last = torch.tensor([[seq.generated[-1]] for seq in self.running], dtype=torch.long)
+        last = torch.tensor([[seq.generated[-1]] for seq in self.running], dtype=torch.long, device=self.device)
         out = self._forward(self.running, input_ids=last, attention_mask=mask, position_ids=positions,
                             **{self.cache_kw: self.batch.cache})
         self.batch.cache = getattr(out, self.cache_kw)
         self.batch.advance()
         self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, len(self.running))
+        self.max_adapters_seen = max(self.max_adapters_seen, len({id(seq.adapter) for seq in self.running}))
         keep = []
         for i, seq in enumerate(self.running):
             if seq.cancelled or self._accept(seq, out.logits[i, -1]):
@@ -207,7 +210,7 @@ class Engine:
         """Sample the next token of `seq`, tell its request, and say whether it has finished."""
         if seq.cancelled:
             return True
-        token = next_token(logits, seq.params, seq.generator)
+        token = next_token(logits.float().cpu(), seq.params, seq.generator)
         seq.generated.append(token)
         n = len(seq.generated)
         finish = None

@@ -25,7 +25,8 @@ def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class BatchCache:
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
         self.cache = None  # DynamicCache with (B, H, T, D) per layer
         self.mask: torch.Tensor | None = None  # (B, T) long: 1 for real tokens
         self.lengths: list[int] = []  # real tokens per row (the next position id)
@@ -35,7 +36,7 @@ class BatchCache:
 
     def join(self, row_cache, length: int) -> None:
         """Add one row whose prefill produced `row_cache` (batch 1, `length` tokens, no padding)."""
-        row_mask = torch.ones((1, length), dtype=torch.long)
+        row_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
         if self.cache is None:
             self.cache, self.mask, self.lengths = row_cache, row_mask, [length]
             return
@@ -54,7 +55,7 @@ class BatchCache:
             return
         if rows == list(range(len(self.lengths))):
             return
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.device)
         mask = self.mask.index_select(0, idx)
         start = int((mask.sum(0) > 0).nonzero()[0])  # first column some row still uses
         self.mask = mask[:, start:]
@@ -65,10 +66,10 @@ class BatchCache:
 
     def step_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(attention_mask (B, T+1), position_ids (B, 1)) for feeding one new token per row."""
-        mask = torch.cat([self.mask, torch.ones((len(self.lengths), 1), dtype=torch.long)], dim=1)
-        return mask, torch.tensor(self.lengths, dtype=torch.long).unsqueeze(1)
+        mask = torch.cat([self.mask, torch.ones((len(self.lengths), 1), dtype=torch.long, device=self.device)], dim=1)
+        return mask, torch.tensor(self.lengths, dtype=torch.long, device=self.device).unsqueeze(1)
 
     def advance(self) -> None:
         """Record the token the last step appended to every row (the cache grew by itself)."""
-        self.mask = torch.cat([self.mask, torch.ones((len(self.lengths), 1), dtype=torch.long)], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones((len(self.lengths), 1), dtype=torch.long, device=self.device)], dim=1)
         self.lengths = [n + 1 for n in self.lengths]
