@@ -27,7 +27,8 @@ PROMPTS = ["The cat sat on", "Once upon a time there", "red blue green", "Add 3 
 def adapters(tiny_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("adapters")
     made = {name: make_lora(tiny_dir, root / name, seed=i, targets=t) for i, (name, t) in enumerate(TARGETS.items())}
-    made["delta"] = make_lora(tiny_dir, root / "delta", seed=9, targets=["gate_proj"])  # loaded at runtime
+    (root / "runtime").mkdir()  # the only directory /v1/load_lora_adapter may read from
+    made["delta"] = make_lora(tiny_dir, root / "runtime" / "delta", seed=9, targets=["gate_proj"])
     return made
 
 
@@ -114,7 +115,7 @@ def test_sixteen_concurrent_clients_over_three_adapters_equal_their_sequential_r
 
     def ask(job):
         model, prompt = job
-        r = client.completions.create(model=model, prompt=prompt, max_tokens=32, temperature=0)
+        r = client.completions.create(model=model, prompt=prompt, max_tokens=16, temperature=0)
         return r.choices[0].text, r.choices[0].finish_reason, r.usage.completion_tokens
 
     sequential = [ask(j) for j in jobs]
@@ -152,15 +153,40 @@ def test_runtime_load_and_unload(tiny_dir, tok, adapters, server, client, tmp_pa
 
 
 def test_unload_while_in_flight_finishes_the_running_request(tiny_dir, tok, adapters, server, client):
-    url, _ = server
+    """The unload lands between decode steps while the request runs: the request still gets the
+    adapter's full answer, the weights stay until it finishes, new requests get 404 at once."""
+    url, service = server
     assert post(url + "/v1/load_lora_adapter", {"lora_name": "delta2", "lora_path": str(adapters["delta"])}, KEY)[0] == 200
+    adapter = service.pool.lookup("delta2")
     want, n, _ = _expected(tiny_dir, tok, adapters["delta"], tok(PROMPTS[3]).input_ids, 48)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    gate, held = threading.Event(), threading.Event()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
         fut = pool.submit(client.completions.create, model="delta2", prompt=PROMPTS[3], max_tokens=48, temperature=0)
-        _wait_running(server[1])
-        assert post(url + "/v1/unload_lora_adapter", {"lora_name": "delta2"}, KEY)[0] == 200
+        _wait_running(service)
+        try:
+            service.engine.call(lambda: (held.set(), gate.wait(30)))  # hold the engine between two decode steps
+            assert held.wait(30)
+            unload = pool.submit(post, url + "/v1/unload_lora_adapter", {"lora_name": "delta2"}, KEY)
+            _wait_commands(service, 1)  # the unload is queued behind the hold
+            probe = service.engine.call(lambda: (adapter.in_use, adapter.peft_name is not None))
+        finally:
+            gate.set()
+        assert probe.result(timeout=30) == (1, True)  # unregistered, still in use, still loaded
+        assert unload.result(timeout=30)[0] == 200
+        with pytest.raises(openai.NotFoundError):
+            client.completions.create(model="delta2", prompt="x", max_tokens=2)
         r = fut.result(timeout=120)
     assert (r.choices[0].text, r.usage.completion_tokens) == (want, n)
+    assert service.engine.call(lambda: adapter.peft_name).result(timeout=30) is None  # dropped once finished
+
+
+def _wait_commands(service, n, timeout=30.0):
+    import time
+
+    end = time.monotonic() + timeout
+    while len(service.engine.commands) < n:
+        assert time.monotonic() < end, "the command never reached the engine"
+        time.sleep(0.002)
 
 
 def _wait_running(service, timeout=30.0):
