@@ -167,3 +167,18 @@ def test_model_resolution_and_vllm_command(tmp_path, tiny_dir):
     assert cmd[cmd.index("--api-key") + 1] == "k"
     with pytest.raises(UserError, match="given twice"):
         parse_adapter_args([f"x={run}", f"x={run}"])
+
+
+def test_gguf_goes_to_llama_cpp_server_without_adapters(tmp_path):
+    from tunesmith.serve.gguf import llama_server_command
+    from tunesmith.serve.launch import ServeOptions
+    from tunesmith.serve.loading import resolve_model
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF")
+    t = resolve_model(f)
+    cmd = llama_server_command(t, ServeOptions(api_key="k"))
+    assert cmd[1:5] == ["-m", "llama_cpp.server", "--model", str(f.resolve())] and cmd[cmd.index("--api_key") + 1] == "k"
+    t.adapters["a"] = tmp_path
+    with pytest.raises(UserError, match="without adapters"):
+        llama_server_command(t, ServeOptions())

@@ -1,7 +1,7 @@
 """`tunesmith serve`: build the engine and the app for a model and its adapters, then listen.
 
 `build_app` is what tests and embedders call (no sockets); `serve` adds uvicorn, or hands the same
-model and adapters to vLLM (`--engine vllm`) or llama.cpp (a `.gguf` model).
+model and adapters to vLLM (`--engine vllm`), or a `.gguf` model to llama-cpp-python's server.
 """
 
 from __future__ import annotations
@@ -86,16 +86,15 @@ def serve(model: str | Path, adapters: list[str] | None = None, engine: str = "b
         return run_vllm(target, opts)
     if engine != "builtin":
         raise UserError(f"--engine {engine!r}: choose builtin or vllm")
+    if target.gguf is not None:
+        from .gguf import run_llama_server
+
+        return run_llama_server(target, opts)
     try:
         import uvicorn
     except ImportError:
         raise _missing("serve", "uvicorn") from None
-    if target.gguf is not None:
-        from .gguf import build_gguf_app
-
-        app = build_gguf_app(target, opts)
-    else:
-        app, service = build_app(target, opts)
+    app, _ = build_app(target, opts)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("tunesmith.serve").info("serving %s on http://%s:%d/v1", target.name, opts.host, opts.port)
     uvicorn.run(app, host=opts.host, port=opts.port, log_level="info", timeout_graceful_shutdown=5)
