@@ -4,6 +4,7 @@ endpoints, and /health. Every error, ours or FastAPI's, leaves in OpenAI's error
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -108,6 +109,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         first = e.errors()[0].get("loc", ()) if e.errors() else ()
         param = ".".join(str(x) for x in first if x != "body") or None
         return JSONResponse(APIError(400, "; ".join(parts) or "invalid request", param=param).body(), status_code=400)
+
+    @app.exception_handler(Exception)
+    async def bug(request, e: Exception):  # ours: logged with its traceback, answered in OpenAI's shape
+        logging.getLogger("tunesmith.serve").exception("request failed")
+        return JSONResponse(APIError(500, f"internal error: {type(e).__name__}").body(), status_code=500)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):

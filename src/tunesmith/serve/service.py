@@ -58,6 +58,15 @@ class Generation:
         return {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens}
 
 
+def _check_text(text: str, param: str) -> str:
+    """JSON may carry lone surrogates (\\ud800), which no tokenizer can encode: a 400, not a crash."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(400, f"`{param}` is not valid Unicode text ({e.reason} at character {e.start})", param=param) from None
+    return text
+
+
 class Service:
     def __init__(self, engine: Engine, pool: AdapterPool, tokenizer, base_name: str, limits: Limits):
         self.engine, self.pool, self.tokenizer = engine, pool, tokenizer
@@ -68,6 +77,8 @@ class Service:
         return None if model == self.base_name else self.pool.lookup(model)
 
     def chat_ids(self, messages: list[dict], adapter=None) -> list[int]:
+        for m in messages:
+            _check_text(m["content"], "messages")
         tok = self.tokenizer
         template = (adapter.chat_template if adapter is not None else None) or getattr(tok, "chat_template", None)
         if not template:
@@ -85,7 +96,7 @@ class Service:
             if any(not 0 <= t < vocab for t in prompt):
                 raise APIError(400, f"`prompt` token ids must lie in [0, {vocab})", param="prompt")
             return list(prompt)
-        return self.tokenizer(prompt).input_ids
+        return self.tokenizer(_check_text(prompt, "prompt")).input_ids
 
     def budget(self, prompt_len: int, asked: int | None) -> int:
         lim = self.limits
