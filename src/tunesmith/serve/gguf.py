@@ -32,5 +32,5 @@ def run_llama_server(target, opts) -> int:
                if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"serving a .gguf file needs llama-cpp-python's server ({', '.join(missing)} missing); "
-                        "pip install 'llama-cpp-python[server]', or serve the transformers model directory instead")
+                        "pip install 'tunesmith[serve-gguf]', or serve the transformers model directory instead")
     return subprocess.run(llama_server_command(target, opts), check=False).returncode
