@@ -77,6 +77,9 @@ def build_app(target: Target, opts: ServeOptions):
 def serve(model: str | Path, adapters: list[str] | None = None, engine: str = "builtin", **options) -> int:
     """Serve until interrupted; returns the process exit code."""
     opts = ServeOptions(**options)
+    for flag in ("port", "max_adapters", "max_batch", "max_queue", "max_tokens", "max_body_bytes"):
+        if getattr(opts, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive number, got {getattr(opts, flag)}")
     check_bind(opts.host, opts.api_key)
     target = resolve_model(model)
     target.adapters.update(parse_adapter_args(adapters))
