@@ -22,10 +22,13 @@ pytestmark = pytest.mark.integration
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def _cli(*args, **kw):
+def _cli(*args, log: Path | None = None):
+    """`tunesmith serve ARGS` in a subprocess. A long-running server logs to a file, not a pipe:
+    nobody reads a pipe while the test runs, and a full one would block the server mid-write."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115 (closed when the process ends)
     return subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "serve", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+                            stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
 def test_public_host_without_key_refuses_to_start(tiny_dir):
@@ -48,9 +51,10 @@ def test_serve_a_trained_run_and_call_it_by_name(tmp_path, tiny_dir, tok, alpaca
     train(config)
 
     port = free_port()
-    proc = _cli("--model", str(config), "--port", str(port), "--api-key", "k1")
+    log = tmp_path / "serve.log"
+    proc = _cli("--model", str(config), "--port", str(port), "--api-key", "k1", log=log)
     try:
-        _wait_healthy(proc, f"http://127.0.0.1:{port}/health")
+        _wait_healthy(proc, f"http://127.0.0.1:{port}/health", log)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k1", max_retries=0, timeout=120)
         assert {m.id: m.parent for m in client.models.list().data} == {tiny_dir.name: None, "myrun": tiny_dir.name}
         r = client.chat.completions.create(model="myrun", messages=[{"role": "user", "content": "Add 2 and 3."}],
@@ -68,11 +72,11 @@ def test_serve_a_trained_run_and_call_it_by_name(tmp_path, tiny_dir, tok, alpaca
             proc.wait(10)
 
 
-def _wait_healthy(proc, url, timeout=180.0):
+def _wait_healthy(proc, url, log: Path, timeout=180.0):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"the server exited: {proc.stdout.read()}")
+            raise AssertionError(f"the server exited: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=5) as resp:
                 if resp.status == 200:

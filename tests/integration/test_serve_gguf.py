@@ -24,14 +24,14 @@ def _smollm2_gguf() -> Path:
     return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
 
 
-def test_gguf_is_served_by_llama_cpp_and_answers_the_openai_client():
-    gguf, port = _smollm2_gguf(), free_port()
-    proc = _cli("--model", str(gguf), "--port", str(port), "--api-key", "k2", "--served-model-name", "smol")
+def test_gguf_is_served_by_llama_cpp_and_answers_the_openai_client(tmp_path):
+    gguf, port, log = _smollm2_gguf(), free_port(), tmp_path / "serve.log"
+    proc = _cli("--model", str(gguf), "--port", str(port), "--api-key", "k2", "--served-model-name", "smol", log=log)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="k2", max_retries=0, timeout=120)
         end = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, proc.stdout.read()
+            assert proc.poll() is None, log.read_text()[-2000:]
             try:
                 ids = [m.id for m in client.models.list().data]
                 break
