@@ -5,6 +5,7 @@ time, PEFT for the adapter rows; run before and after the server cells, the fast
     .venv/bin/python bench/serve_throughput.py [--model DIR] [--requests 16] [--max-tokens 32]
 
 Writes bench/results/serve_throughput.json and the table into bench/README.md (between markers).
+Run it on a quiet machine: see the note in bench/README.md on the shared dev machine.
 Default model: the project's "small" Llama (hidden 256, 4 layers, untrained; --model takes any
 transformers directory). Adapters: LoRA r 16 on every linear layer with random A and B (so each
 changes the output). Greedy, `--max-tokens` tokens per request unless EOS comes first; tokens/s =
