@@ -50,6 +50,14 @@ def export(model: str | Path, out: str | Path, format: str = "gguf", quant: str 
                        max_ppl_increase=max_ppl_increase)
 
 
+def serve(model: str | Path, adapters: list[str] | None = None, engine: str = "builtin", **options) -> int:
+    """Serve `model` (and `adapters`, NAME=DIR) behind an OpenAI-compatible API until interrupted.
+    Options are `tunesmith.serve.ServeOptions` fields (host, port, api_key, max_adapters, ...)."""
+    from .serve import serve as _serve
+
+    return _serve(model, adapters=adapters, engine=engine, **options)
+
+
 def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False) -> dict:
     from .quickstart import run_quickstart
 

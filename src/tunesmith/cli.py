@@ -119,6 +119,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the llama.cpp verification (not recommended)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
+    p = sub.add_parser("serve", help="OpenAI-compatible server: many LoRA adapters batched together, runtime load/unload")
+    p.add_argument("--model", required=True, help="model directory, run directory or config, adapter directory, or .gguf file")
+    p.add_argument("--adapter", action="append", help="NAME=DIR: a LoRA adapter (or run directory) clients select with model=NAME (repeat)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --api-key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("TUNESMITH_API_KEY"), help="required as `Authorization: Bearer KEY` (default $TUNESMITH_API_KEY)")
+    p.add_argument("--engine", default="builtin", choices=["builtin", "vllm"], help="vllm: hand the model and adapters to `vllm serve` (GPU)")
+    p.add_argument("--max-adapters", type=int, default=8, help="adapters kept in memory (least recently used evicted, reloaded on demand)")
+    p.add_argument("--max-batch", type=int, default=16, help="sequences decoded together")
+    p.add_argument("--max-queue", type=int, default=64, help="sequences waiting to join; beyond it requests get 503")
+    p.add_argument("--max-tokens", type=int, default=1024, help="the most tokens one request may generate")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    p.add_argument("--allowed-adapter-dir", action="append", help="directories /v1/load_lora_adapter may read from (default: the current directory)")
+    p.add_argument("--served-model-name", help="the base model's name in /v1/models (default: its directory name)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights in memory (auto: fp32 on the CPU)")
+
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
     p.add_argument("--overwrite", action="store_true")
@@ -188,6 +204,12 @@ def main(argv: list[str] | None = None) -> int:
             result = api.export(args.model, args.out, format=args.format, quant=args.quant, eval_file=args.eval_file,
                                 max_ppl_increase=args.max_ppl_increase, verify=not args.no_verify, overwrite=args.overwrite)
             print(result.summary())
+        elif args.command == "serve":
+            return api.serve(args.model, adapters=args.adapter, engine=args.engine, host=args.host, port=args.port,
+                             api_key=args.api_key, max_adapters=args.max_adapters, max_batch=args.max_batch,
+                             max_queue=args.max_queue, max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
+                             allowed_adapter_dirs=args.allowed_adapter_dir or [], served_model_name=args.served_model_name,
+                             dtype=args.dtype)
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite)
         elif args.command == "eval":
