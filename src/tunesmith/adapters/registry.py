@@ -27,6 +27,7 @@ class AdapterSpec:
     quantized: bool = True  # trains on a 4/8-bit bitsandbytes base
     virtual_tokens: bool = False  # prepends learned tokens (no packing, no reward/preference forward)
     weighted_merge: bool = False  # several adapters merge as W0 + Σ w_i·ΔW_i (a scale per adapter is linear)
+    per_row_serving: bool = False  # PEFT runs rows of one batch through different adapters (`adapter_names=`)
 
     @property
     def can_merge(self) -> bool:
@@ -40,7 +41,7 @@ class AdapterSpec:
 _PROMPT_WHY = "it prepends learned input embeddings, which no weight matrix can express"
 SPECS: dict[str, AdapterSpec] = {s.name: s for s in (
     AdapterSpec("lora", "low-rank B·A per adapted matrix", counts.lora_count, _LORA_OPTIONS,
-                peft_builders.lora_config, "LORA", weighted_merge=True),
+                peft_builders.lora_config, "LORA", weighted_merge=True, per_row_serving=True),
     AdapterSpec("dora", "LoRA + a magnitude vector per adapted matrix", counts.dora_count, _LORA_OPTIONS,
                 peft_builders.dora_config, "LORA"),
     AdapterSpec("ia3", "one scaling vector per adapted module", counts.ia3_count, ("target_modules", "ia3"),

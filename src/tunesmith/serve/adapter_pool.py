@@ -18,6 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters import read_sidecar, spec_of_peft
+from ..console import say
 from ..errors import UserError
 from .errors import APIError
 
@@ -62,12 +64,16 @@ def check_adapter_dir(path: str | Path, allowed: list[Path], what: str = "lora_p
         cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise APIError(400, f"`{what}` {cfg_file}: cannot read JSON ({e})") from None
-    kind = cfg.get("peft_type")
-    # Mixed batches (`adapter_names=` per row) exist in PEFT for LoRA only, and not with DoRA.
-    if kind != "LORA" or cfg.get("use_dora"):
-        shown = "DoRA" if cfg.get("use_dora") else kind
+    spec = spec_of_peft(str(cfg.get("peft_type")), bool(cfg.get("use_dora")))
+    # Mixed batches (`adapter_names=` per row) exist in PEFT for plain LoRA only (adapters/registry.py).
+    if spec is None or not spec.per_row_serving:
+        shown = spec.name if spec is not None else cfg.get("peft_type")
         raise APIError(400, f"`{what}` {path} is a {shown} adapter; the server batches LoRA adapters only. "
                        "Merge it into the base with `tunesmith merge` and serve the merged model")
+    quant = (read_sidecar(p).get("base_quantization") or "none")
+    if quant != "none":  # served on the full-precision base it was not trained on: close, not equal (PITFALLS 15)
+        say(f"serve: {path} was trained on a {quant} base and is served on the unquantized one; its answers can differ "
+            "slightly from training's (`tunesmith merge` folds it into the dequantized base exactly)")
     return p
 
 
