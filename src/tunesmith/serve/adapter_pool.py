@@ -18,7 +18,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapters import read_sidecar, spec_of_peft
+from ..adapters import read_sidecar
+from ..adapters.registry import spec_of_peft
 from ..console import say
 from ..errors import UserError
 from .errors import APIError
