@@ -148,3 +148,4 @@ def test_digit_splitting_pre_tokenizer_survives_the_round_trip(tmp_path, tiny_di
     text = "In 2026, 12345 cats ate 3.14 fish."
     want = AutoTokenizer.from_pretrained(src)(text, add_special_tokens=False)["input_ids"]
     assert AutoTokenizer.from_pretrained(out)(text, add_special_tokens=False)["input_ids"] == want
+
