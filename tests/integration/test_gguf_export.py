@@ -147,6 +147,22 @@ def test_a_broken_file_fails_verification_and_is_not_written(sft_model, held_out
     assert [p.name for p in tmp_path.iterdir()] == ["broken.report.md"]  # no temp file left behind
 
 
+def test_a_quantized_file_far_outside_its_noise_fails(sft_model, held_out, tmp_path, monkeypatch):
+    """Q8_0 blocks written in the wrong row order (the float file it is judged against stays right):
+    the KL divergence against llama.cpp's float file is whole nats, far outside Q8_0's noise."""
+    real = gguf_write.encode_tensor
+
+    def rows_reversed(data, qtype):
+        encoded, raw = real(data, qtype)
+        return (encoded[::-1].copy() if qtype == "Q8_0" else encoded), raw
+
+    monkeypatch.setattr(gguf_write, "encode_tensor", rows_reversed)
+    with pytest.raises(VerificationError, match="not quantization noise but a broken file"):
+        export_gguf(sft_model, tmp_path / "x.Q8_0.gguf", quant="Q8_0", eval_file=held_out)
+    assert not (tmp_path / "x.Q8_0.gguf").exists()
+    assert "## Q8_0 quantization noise" in (tmp_path / "x.Q8_0.report.md").read_text()
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "mistral"])
 def test_qwen2_and_mistral_verified(tiny_dir, tmp_path, arch):
     """Freshly initialised (untrained) models: F32 so that llama.cpp and torch agree to rounding."""

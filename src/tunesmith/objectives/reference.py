@@ -70,7 +70,9 @@ def cache_key(cfg, rows: list) -> str:
     example's token ids in row order, the max lengths, the loss and the precision."""
     h = hashlib.sha256()
     model_dir = Path(cfg.model.path).expanduser()
-    files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model_dir.glob("*") if p.is_file()) if model_dir.is_dir() else []
+    # A directory: its files; a .gguf file (model.path may name one): the file itself.
+    found = model_dir.glob("*") if model_dir.is_dir() else [model_dir] if model_dir.is_file() else []
+    files = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in found if p.is_file())
     h.update(json.dumps(["v2: (rows, 2) by row id", cfg.model.path, files, cfg.model.dtype, cfg.model.quantization,
                          cfg.train.precision, cfg.data.max_length, cfg.prompt_length(), cfg.preference.loss, cfg.method]).encode())
     for r in rows:
