@@ -107,9 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-verify", action="store_true", help="skip the llama.cpp verification (not recommended)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
 
-    p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
+    p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: SmolLM2-135M-Instruct from GGUF, LoRA, DPO, merge, "
+                       "GGUF Q4_K_M, one before/after table")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="the fast variant on a tiny model tunesmith builds itself "
+                   "(pre-training, LoRA, DPO; no download, no llama.cpp)")
     return parser
 
 
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                 max_ppl_increase=args.max_ppl_increase, verify=not args.no_verify, overwrite=args.overwrite)
             print(result.summary())
         elif args.command == "quickstart":
-            api.quickstart(args.out, overwrite=args.overwrite)
+            api.quickstart(args.out, overwrite=args.overwrite, tiny=args.tiny)
         elif args.command == "eval":
             config, overrides = args.config, list(args.overrides)
             if config and "=" in config and not os.path.exists(config):  # no config, only overrides
