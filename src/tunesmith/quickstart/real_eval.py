@@ -51,8 +51,9 @@ def gguf_answers(gguf_path: Path, tokenizer_dir: Path, rows: list[dict], max_new
     t0 = time.perf_counter()
     llama_cpp = require_llama_cpp("answering with the exported GGUF")
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_batch=512, n_threads=max(1, torch.get_num_threads()),
-                          verbose=False, n_gpu_layers=0)
+    # logits_all: llama-cpp-python 0.3 keeps `scores` (the logits we take the argmax of) only then.
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=256, n_batch=256, n_threads=max(1, torch.get_num_threads()),
+                          logits_all=True, verbose=False, n_gpu_layers=0)
     eos = tokenizer.eos_token_id
     answers = []
     for prompt in prompts_of(rows):
