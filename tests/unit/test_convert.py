@@ -123,3 +123,29 @@ def test_model_path_gguf_is_converted_once(tmp_path, tiny_dir, monkeypatch):
     assert first.parent == tmp_path / "cache" / "gguf" and len(calls) == 1
     os.utime(gguf_path, ns=(1, 1))
     assert cached_conversion(gguf_path) != first and len(calls) == 2
+
+
+def test_digit_splitting_pre_tokenizer_survives_the_round_trip(tmp_path, tiny_dir):
+    """SmolLM2's tokenizer isolates every digit before GPT-2's split (llama.cpp: `smollm`). The exporter
+    names it `smollm`, and convert writes it back (transformers' GGUF reader alone would fall back to
+    GPT-2's split, which keeps " 2026" in one piece)."""
+    import shutil
+
+    import gguf
+    from transformers import AutoTokenizer
+
+    src = tmp_path / "digits"
+    shutil.copytree(tiny_dir, src)
+    data = json.loads((src / "tokenizer.json").read_text())
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True},
+        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
+    (src / "tokenizer.json").write_text(json.dumps(data))
+    path = _write_gguf(src, tmp_path / "digits.gguf")
+    assert gguf.GGUFReader(path).fields["tokenizer.ggml.pre"].contents() == "smollm"
+    out = convert_gguf(path, tmp_path / "converted")
+    assert json.loads((out / "tokenizer.json").read_text())["pre_tokenizer"]["pretokenizers"][0]["type"] == "Digits"
+    text = "In 2026, 12345 cats ate 3.14 fish."
+    want = AutoTokenizer.from_pretrained(src)(text, add_special_tokens=False)["input_ids"]
+    assert AutoTokenizer.from_pretrained(out)(text, add_special_tokens=False)["input_ids"] == want
+

@@ -166,30 +166,47 @@ def _nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return lse - logits[np.arange(len(targets)), targets]
 
 
-def compare_perplexity(llm, model, windows: list[list[int]]) -> tuple[float, float, float, int]:
-    """(ppl transformers, ppl llama.cpp, top-1 agreement, tokens scored) over token windows."""
+def _memo(memo: dict | None, key, compute):
+    """transformers' side of a check, computed once when a quantized file and its float file are both
+    verified against the same model (`memo` is shared by the two)."""
+    if memo is None:
+        return compute()
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+def _hf_window(model, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(per-position NLL, argmax) of transformers on one window."""
     import torch
 
+    with torch.no_grad():
+        hf = model(torch.tensor([ids])).logits[0, :-1].float().numpy()
+    return _nll(hf, np.array(ids[1:])), hf.argmax(-1)
+
+
+def compare_perplexity(llm, model, windows: list[list[int]], memo: dict | None = None) -> tuple[float, float, float, int]:
+    """(ppl transformers, ppl llama.cpp, top-1 agreement, tokens scored) over token windows."""
     nll_hf, nll_cpp, agree, n = 0.0, 0.0, 0, 0
     for ids in windows:
         targets = np.array(ids[1:])
-        with torch.no_grad():
-            hf = model(torch.tensor([ids])).logits[0, :-1].float().numpy()
+        hf_nll, hf_top = _memo(memo, ("window", tuple(ids)), lambda: _hf_window(model, ids))
         llm.reset()
         llm.eval(ids)
         cpp = np.array(llm.scores[: len(ids) - 1])
-        nll_hf += _nll(hf, targets).sum()
+        nll_hf += hf_nll.sum()
         nll_cpp += _nll(cpp, targets).sum()
-        agree += int((hf.argmax(-1) == cpp.argmax(-1)).sum())
+        agree += int((hf_top == cpp.argmax(-1)).sum())
         n += len(targets)
     return math.exp(nll_hf / n), math.exp(nll_cpp / n), agree / n, n
 
 
 def verify(path: Path, model, tokenizer, quant: str, windows: list[list[int]], match_tokens: int = 8,
            new_tokens: int = 16, max_ppl_increase: float | None = None, reference: Path | None = None,
-           reference_type: str = "F32") -> Verification:
+           reference_type: str = "F32", memo: dict | None = None) -> Verification:
     """Verify the GGUF at `path`; `model` is the fp32 transformers model. A quantized `quant` needs
     `reference`, the float GGUF (`reference_type`) it was quantized from."""
+    memo = {} if memo is None else memo
     if quant not in FLOAT_TYPES and reference is None:
         raise ValueError(f"verifying a {quant} file needs the float GGUF it was quantized from (reference=)")
     v = Verification(quant, max_ppl_increase=max_ppl_increase if max_ppl_increase is not None
@@ -201,11 +218,11 @@ def verify(path: Path, model, tokenizer, quant: str, windows: list[list[int]], m
         v.failures.append(f"llama.cpp cannot load the file: {e}")
         return v
     try:
-        _check_against_transformers(v, llm, model, tokenizer, windows, match_tokens, new_tokens)
+        _check_against_transformers(v, llm, model, tokenizer, windows, match_tokens, new_tokens, memo)
     finally:
         llm.close()
     if quant not in FLOAT_TYPES:
-        ref = verify(reference, model, tokenizer, reference_type, windows, match_tokens, new_tokens)
+        ref = verify(reference, model, tokenizer, reference_type, windows, match_tokens, new_tokens, memo=memo)
         v.reference = ref.to_dict()
         v.failures += [f"the {reference_type} file it is quantized from: {f}" for f in ref.failures]
         v.noise = measure_noise(path, reference, windows, n_ctx)
@@ -214,7 +231,8 @@ def verify(path: Path, model, tokenizer, quant: str, windows: list[list[int]], m
     return v
 
 
-def _check_against_transformers(v: Verification, llm, model, tokenizer, windows, match_tokens, new_tokens) -> None:
+def _check_against_transformers(v: Verification, llm, model, tokenizer, windows, match_tokens, new_tokens,
+                                memo: dict) -> None:
     """Checks 1-4 of the module docstring; greedy and top-1 only report for quantized types."""
     exact = v.quant in FLOAT_TYPES
     prompts = _prompts(tokenizer, windows)
@@ -227,7 +245,8 @@ def _check_against_transformers(v: Verification, llm, model, tokenizer, windows,
         v.failures.append(f"chat template: {v.template_problem}")
     for text in prompts:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        hf, cpp = greedy_hf(model, ids, new_tokens), greedy_llama(llm, ids, new_tokens)
+        hf = _memo(memo, ("greedy", tuple(ids), new_tokens), lambda: greedy_hf(model, ids, new_tokens))
+        cpp = greedy_llama(llm, ids, new_tokens)
         same = next((i for i, (a, b) in enumerate(zip(hf, cpp)) if a != b), len(hf))
         margin = divergence_margin(model, ids, hf, cpp, same)
         v.greedy.append({"prompt": text, "hf": hf, "gguf": cpp, "same_prefix": same, "margin": margin,
@@ -237,7 +256,7 @@ def _check_against_transformers(v: Verification, llm, model, tokenizer, windows,
         v.failures.append(f"greedy decode differs from transformers within the first {match_tokens} tokens "
                           f"for {len(short)} of {len(v.greedy)} prompts (first at token {short[0]['same_prefix']}, "
                           f"where transformers prefers its token by {short[0]['margin']:.3f} logits)")
-    v.ppl_hf, v.ppl_gguf, v.top1_agreement, v.eval_tokens = compare_perplexity(llm, model, windows)
+    v.ppl_hf, v.ppl_gguf, v.top1_agreement, v.eval_tokens = compare_perplexity(llm, model, windows, memo)
     if exact and not v.top1_agreement >= (least := MIN_TOP1_AGREEMENT[v.quant]):
         v.failures.append(f"llama.cpp picks the transformers model's next token at only {100 * v.top1_agreement:.1f}% "
                           f"of {v.eval_tokens} held-out positions (at least {100 * least:.0f}% expected for {v.quant})")

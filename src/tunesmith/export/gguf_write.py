@@ -130,6 +130,8 @@ def pre_tokenizer_name(tokenizer_json: dict, where: Path) -> str:
         )
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         return "gpt-2"
+    if pre.get("type") == "Sequence" and _is_digits_then_gpt2(pre.get("pretokenizers", [])):
+        return "smollm"  # SmolLM/StarCoder style: every digit alone, then GPT-2's split
     if pre.get("type") == "Sequence":
         for p in pre.get("pretokenizers", []):
             regex = (p.get("pattern") or {}).get("Regex")
@@ -137,6 +139,11 @@ def pre_tokenizer_name(tokenizer_json: dict, where: Path) -> str:
                 return PRE_TOKENIZERS[regex]
     raise UserError(f"{where}: the pre-tokenizer {json.dumps(pre)[:200]} matches none llama.cpp knows "
                     f"(GPT-2 byte-level, {', '.join(PRE_TOKENIZERS.values())})")
+
+
+def _is_digits_then_gpt2(parts: list[dict]) -> bool:
+    return (len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits")
+            and parts[1].get("type") == "ByteLevel" and parts[1].get("use_regex", True))
 
 
 def add_vocab(writer, tokenizer, model_dir: Path, vocab_size: int) -> None:

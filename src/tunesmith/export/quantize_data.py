@@ -52,11 +52,14 @@ def default_texts() -> tuple[list[str], list[str]]:
 
 
 def chunks(tokenizer, texts: list[str], seq_len: int, limit: int) -> torch.Tensor:
-    """(N, seq_len) windows of the texts joined by EOS, N <= limit; BOS starts each window if the model has one."""
+    """(N, seq_len) windows of the texts joined by EOS, N <= limit; BOS starts each window if the tokenizer adds one."""
     if seq_len < 8:
         raise UserError(f"--seq-len {seq_len} is too short; use at least 8 tokens")
     sep = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    # BOS only when the tokenizer itself adds one: SmolLM2 names <|im_start|> its bos_token but never adds
+    # it, and a window opening with a chat marker before raw text scores a model it was never trained as.
+    probe = tokenizer("a")["input_ids"]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id] else []
     stream: list[int] = []
     need = (seq_len - len(bos)) * limit
     for text in texts:

@@ -26,6 +26,7 @@ import yaml
 
 from ..errors import UserError
 from ..adapters import adapter_type_of, require_mergeable
+from .tied import is_tied, touched_embeddings, untie_embeddings
 from .io import (DTYPES, VerificationError, atomic_dir, check_adapter_dir, check_model_dir, check_out, dir_size,
                  read_json, write_text_atomic)
 from .verify import compare_state_dicts, logits_on_probes, max_logit_diff, probe_ids
@@ -118,7 +119,11 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
 
     tok_src = adapters[0] if (adapters[0] / "tokenizer_config.json").is_file() else base
     tokenizer = AutoTokenizer.from_pretrained(tok_src)
-    peft_model, names = attach_adapters(load_base(base, quant, double_quant), adapters, weights)
+    model = load_base(base, quant, double_quant)
+    untied = touched_embeddings(model, adapters) if is_tied(model) else []
+    if untied:  # PITFALLS 28: the adapter changed one side of a shared tensor; see merge/tied.py
+        untie_embeddings(model)
+    peft_model, names = attach_adapters(model, adapters, weights)
     ids = probe_ids(tokenizer)
     reference = logits_on_probes(peft_model, ids)  # (B, T, V): the adapter as it runs, unmerged
     merged = peft_model.merge_and_unload(adapter_names=names)
@@ -137,7 +142,8 @@ def merge_adapter(base: str | Path, adapter: str | Path | list, out: str | Path,
             raise VerificationError("the saved tokenizer lost the chat template")
         summary = {"out": str(out), "base": str(base), "adapters": [str(a) for a in adapters], "weights": weights,
                    "base_quantization": quant, "dtype": str(save_dtype).removeprefix("torch."),
-                   "max_logit_diff": diff, "tolerance": tol, "seconds": round(time.perf_counter() - t0, 2)}
+                   "max_logit_diff": diff, "tolerance": tol, "seconds": round(time.perf_counter() - t0, 2),
+                   "untied_embeddings": untied}
         write_text_atomic(tmp / "report.md", _report(summary))
     summary["size_bytes"] = dir_size(out)
     return summary
@@ -153,10 +159,18 @@ def _save_dtype(base: Path, dtype: str) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
+def _untie_note(s: dict) -> str:
+    if not s["untied_embeddings"]:
+        return ""
+    return (f"The base ties its input and output embeddings; the adapter changed {', '.join(s['untied_embeddings'])}, "
+            "so the tie is broken on purpose: the output embedding is saved as its own tensor and config.json "
+            "says `tie_word_embeddings: false` (merging into the shared tensor would change both sides).\n\n")
+
+
 def _report(s: dict) -> str:
     rows = "\n".join(f"| {a} | {w:g} |" for a, w in zip(s["adapters"], s["weights"]))
     return (f"# Merged model\n\nBase `{s['base']}` (as trained: quantization `{s['base_quantization']}`, "
             f"dequantized to fp32 before merging), saved in {s['dtype']}.\n\n| adapter | weight |\n|---|---|\n{rows}\n\n"
             f"Verified: the merged model's logits equal the adapter model's within {s['max_logit_diff']:.2e} "
             f"(tolerance {s['tolerance']:.1e}) on probe inputs; the saved weights reload bit-for-bit; the chat "
-            f"template is kept.\n\nLoad it with `AutoModelForCausalLM.from_pretrained(\"{s['out']}\")` — no PEFT needed.\n")
+            f"template is kept.\n\n{_untie_note(s)}Load it with `AutoModelForCausalLM.from_pretrained(\"{s['out']}\")` — no PEFT needed.\n")

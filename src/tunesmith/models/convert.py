@@ -84,7 +84,7 @@ def gguf_info(path: Path) -> dict:
         ftype_name = f"unknown ({ftype})"
     types = dict(Counter(t.tensor_type.name for t in reader.tensors))
     return {"architecture": arch, "file_type": ftype_name or _dominant_type(types), "tensor_types": types,
-            "name": field("general.name", path.stem)}
+            "name": field("general.name", path.stem), "pre_tokenizer": field("tokenizer.ggml.pre")}
 
 
 def _dominant_type(types: dict[str, int]) -> str:
@@ -180,6 +180,7 @@ def convert_gguf(src: str | Path, out: str | Path, *, overwrite: bool = False) -
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _drop_tokens_past_vocab(tmp / "tokenizer.json", model.config.vocab_size)
+        _split_digits(tmp / "tokenizer.json", info["pre_tokenizer"])
         _record_source(tmp / "config.json", path, info)
         _apply_umask(tmp)
         _move_into_place(tmp, out, overwrite)
@@ -198,6 +199,26 @@ def _drop_tokens_past_vocab(tokenizer_json: Path, vocab_size: int) -> None:
     if len(kept) != len(data.get("added_tokens", [])):
         data["added_tokens"] = kept
         tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+# llama.cpp pre-tokenizers that isolate every digit (\p{N}) before GPT-2's split (llama-vocab.cpp); the
+# Hugging Face originals write that as Digits(individual_digits) then a regex ByteLevel.
+DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva")
+
+
+def _split_digits(tokenizer_json: Path, pre: str | None) -> None:
+    """transformers' GGUF reader knows no `smollm` pre-tokenizer and falls back to GPT-2's split, which
+    keeps " 2026" together where llama.cpp (and SmolLM2's own tokenizer.json) split every digit. Write
+    the original's pre-tokenizer, so transformers splits text the way the vocabulary was trained."""
+    if pre not in DIGIT_SPLIT_PRE:
+        return
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    byte_level = data.get("pre_tokenizer") or {}
+    if byte_level.get("type") != "ByteLevel":
+        return  # transformers built something else; leave it to the tokenizer check in `tunesmith export`
+    data["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, {**byte_level, "use_regex": True}]}
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
 def _record_source(config_path: Path, path: Path, info: dict) -> None:
