@@ -52,7 +52,10 @@ def gguf_answers(gguf_path: Path, tokenizer_dir: Path, rows: list[dict], max_new
     llama_cpp = require_llama_cpp("answering with the exported GGUF")
     tokenizer = load_tokenizer(str(tokenizer_dir))
     # logits_all: llama-cpp-python 0.3 keeps `scores` (the logits we take the argmax of) only then.
-    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=256, n_batch=256, n_threads=max(1, torch.get_num_threads()),
+    # n_threads_batch too: its default is every core, and the prompt's batch then waits on busy cores
+    # the way torch's OpenMP threads do (see real.py's _threads).
+    threads = max(1, torch.get_num_threads())
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=256, n_batch=256, n_threads=threads, n_threads_batch=threads,
                           logits_all=True, verbose=False, n_gpu_layers=0)
     eos = tokenizer.eos_token_id
     answers = []
