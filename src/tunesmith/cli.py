@@ -140,9 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", help="the base model's name in /v1/models (default: its directory name)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights in memory (auto: fp32 on the CPU)")
 
-    p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: tiny model, pretrain, LoRA fine-tune, before/after")
+    p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: SmolLM2-135M-Instruct from GGUF, LoRA, DPO, merge, "
+                       "GGUF Q4_K_M, one before/after table")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="the fast variant on a tiny model tunesmith builds itself "
+                   "(pre-training, LoRA, DPO; no download, no llama.cpp)")
     return parser
 
 
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                              allowed_adapter_dirs=args.allowed_adapter_dir or [], served_model_name=args.served_model_name,
                              dtype=args.dtype)
         elif args.command == "quickstart":
-            api.quickstart(args.out, overwrite=args.overwrite)
+            api.quickstart(args.out, overwrite=args.overwrite, tiny=args.tiny)
         elif args.command == "eval":
             config, overrides = args.config, list(args.overrides)
             if config and "=" in config and not os.path.exists(config):  # no config, only overrides

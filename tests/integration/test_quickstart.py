@@ -130,4 +130,4 @@ def test_plain_peft_reproduces_the_reported_answers(quickstart):
 def test_a_second_run_needs_overwrite(quickstart):
     out, _, _ = quickstart
     with pytest.raises(UserError, match="--overwrite"):
-        api.quickstart(out)
+        api.quickstart(out, tiny=True)

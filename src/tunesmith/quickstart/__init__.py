@@ -44,8 +44,10 @@ from .report import result_section, samples_section, summary_text, write_readme
 from .dpo_stage import dpo_section, run_dpo_stage
 from .task import INSTRUCTION, past_tense_task
 
-# Everything run_quickstart makes under `out`; --overwrite removes these and nothing else.
-OUR_ENTRIES = ("base-init", "data", "pretrain", "sft", "sft-merged", "dpo", "README.md")
+# Everything a quickstart (--tiny: run_quickstart, real model: real.run_real_quickstart) makes under
+# `out`; --overwrite removes these and nothing else, so either quickstart may replace the other's run.
+OUR_ENTRIES = ("base-init", "data", "pretrain", "sft", "sft-merged", "dpo", "README.md",
+               "base", "merged", "gguf", "report.md", "summary.json")
 # Openings the pre-trained model continues in pretrain/report.md, to show what pre-training taught.
 SAMPLE_OPENINGS = ("The red fox", "Yesterday it was sunny.",
                    "Anna has two apples. Anna gets three more apples. Question: How many apples does Anna have? Answer:")
