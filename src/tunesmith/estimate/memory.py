@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from ..train.losses import CHUNK_ELEMENTS
 from .activations import DTYPE_BYTES, ActivationSpec, activation_bytes
-from .plan import Plan
+from .plan import PY_BYTES_PER_TOKEN, Plan
 from .shapes import ModelShape
 
 NF4_CONSTANTS = {True: 1 / 64 + 4 / (64 * 256), False: 4 / 64}  # bytes per weight, double_quant or not
@@ -166,5 +166,8 @@ def breakdown(shape: ModelShape, plan: Plan, adapter_params: int, targets: list[
     b.add("activations", act["saved"], act["detail"], "activations")
     _loss(b, shape, plan, tokens)
     _extras(b, shape, plan)
+    if plan.data_tokens:
+        b.add("data", plan.data_tokens * PY_BYTES_PER_TOKEN, f"~{plan.data_tokens:,} tokens of training data (file size / 3 chars) "
+              f"× {PY_BYTES_PER_TOKEN} B in Python lists (host RAM of each process)", "cpu" if plan.target == "gpu" else "persistent")
     b.add("framework", overhead, "measured: the process before the model (Python, torch, transformers, CUDA context on a GPU)")
     return b

@@ -42,6 +42,7 @@ class Plan:
     generation_tokens: int = 0  # RL-style rollouts: tokens generated per row (KV cache)
     max_steps: int = 0
     dataset_rows: int = 0  # rows of max_length per epoch (0 = unknown)
+    data_tokens: int = 0  # tokens of the training files, roughly (held in Python lists during the run)
 
     @property
     def full(self) -> bool:
@@ -59,6 +60,24 @@ class Plan:
 
     def with_batch(self, micro_batch_size: int) -> "Plan":
         return replace(self, micro_batch_size=micro_batch_size)
+
+
+# The tokenized data lives in Python lists for the whole run: per token an input id and a label, each an
+# 8-byte list slot plus a 28-byte int object (ids above 256 are not cached) = 72 B. Token count from the
+# file size at ~3 characters per token (gzip: ~4x the compressed size); both rough, stated in the term.
+PY_BYTES_PER_TOKEN = 72
+CHARS_PER_TOKEN = 3.0
+
+
+def data_tokens(files: list[str]) -> int:
+    from pathlib import Path
+
+    total = 0.0
+    for f in files:
+        p = Path(f)
+        if p.is_file():
+            total += p.stat().st_size * (4 if p.suffix == ".gz" else 1)
+    return int(total / CHARS_PER_TOKEN)
 
 
 def _reference(cfg: RunConfig) -> str:
@@ -94,7 +113,7 @@ def plan_from_config(cfg: RunConfig, *, target: str = "cpu", gpus: int = 1, shar
                 checkpointing=cfg.train.gradient_checkpointing, loss_chunk_size=cfg.train.loss_chunk_size,
                 attn=cfg.model.attn_implementation, reference=_reference(cfg), gpus=gpus, sharding=sharding,
                 offload=offload, target=target, generation_tokens=generation_tokens, max_steps=cfg.train.max_steps,
-                dataset_rows=dataset_rows)
+                dataset_rows=dataset_rows, data_tokens=data_tokens(cfg.data.train + cfg.data.eval))
 
 
 def shortcut_overrides(model: str | None = None, method: str | None = None, micro_batch_size: int | None = None,
