@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -55,7 +56,7 @@ def config_for(model: str, case: dict, out_dir: str) -> dict:
     cfg = {"model": {"path": model, "quantization": "nf4" if case["how"] == "qlora" else "none"},
            "method": method,
            "adapter": {"type": "none" if case["how"] == "full" else "lora", **({"r": 16, "alpha": 32} if case["how"] != "full" else {})},
-           "train": {"max_steps": case.get("steps", 3), "micro_batch_size": case["batch"], "grad_accum_steps": 1,
+           "train": {"max_steps": case.get("steps", 5), "micro_batch_size": case["batch"], "grad_accum_steps": 1,
                      "gradient_checkpointing": case["gc"], "save_every": 0, "progress": False, "lr": 1e-4},
            "output_dir": out_dir}
     if method == "dpo":
@@ -71,11 +72,14 @@ def config_for(model: str, case: dict, out_dir: str) -> dict:
     return cfg
 
 
-def measure(cfg: dict) -> dict:
+def measure(cfg: dict, malloc: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "cfg.yaml"
         path.write_text(yaml.safe_dump(cfg))
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+        env.pop("MALLOC_MMAP_THRESHOLD_", None)
+        if malloc == "mmap":
+            env["MALLOC_MMAP_THRESHOLD_"] = "65536"
         r = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, env=env)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -83,13 +87,14 @@ def measure(cfg: dict) -> dict:
         return json.loads(line[7:])
 
 
-def predict(cfg: dict, baseline: int) -> dict:
+def predict(cfg: dict, baseline: int, malloc: str) -> dict:
     from tunesmith.config import validate_config
     from tunesmith.estimate import estimate_plan, model_shape, plan_from_config
     from tunesmith.estimate.devices import this_cpu
 
     rc = validate_config(cfg)
-    est = estimate_plan(model_shape(rc.model.path), plan_from_config(rc, target="cpu"), this_cpu(), overhead=baseline)
+    plan = replace(plan_from_config(rc, target="cpu"), allocator=malloc)
+    est = estimate_plan(model_shape(rc.model.path), plan, this_cpu(), overhead=baseline)
     return {"peak": est.peak_bytes, "terms": {t.name: t.bytes for t in est.breakdown.terms}, "flops": est.flops["total"]}
 
 
@@ -107,33 +112,53 @@ CASES = [
 ]
 
 
+def table(path: Path, models: dict) -> None:
+    """Markdown rows: predictions recomputed with the current estimator from the stored measurements."""
+    print("| model | method | adapter | B×T | grad ckpt | malloc | measured peak | predicted | error | above baseline: measured / predicted / error |")
+    print("|---|---|---|---|---|---|---:|---:|---:|---|")
+    worst = 0.0
+    for r in json.loads(path.read_text()):
+        cfg = config_for(models[r["model"]], r, "/tmp/unused")
+        p = predict(cfg, r["baseline"], r.get("malloc", "glibc"))["peak"]
+        err, above = (p - r["measured"]) / r["measured"], r["measured"] - r["baseline"]
+        worst = max(worst, abs(err))
+        print(f"| {r['model']} | {r['method']} | {r['how']} | {r['batch']}×{r['seq']} | {'on' if r['gc'] else 'off'} | {r.get('malloc', 'glibc')} "
+              f"| {r['measured'] / 2**20:,.0f} MiB | {p / 2**20:,.0f} MiB | {err:+.1%} | {above / 2**20:,.0f} / {(p - r['baseline']) / 2**20:,.0f} MiB / "
+              f"{(p - r['measured']) / max(above, 1):+.1%} |")
+    print(f"\nworst |error| on the whole peak: {worst:.1%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child")
     ap.add_argument("--tiny", help="tiny model directory (tunesmith init-model --size small)")
     ap.add_argument("--real", help="SmolLM2-135M-Instruct as a transformers directory")
     ap.add_argument("--only", default="", help="comma-separated case indices")
+    ap.add_argument("--malloc", default="glibc", choices=["glibc", "mmap"], help="mmap: run with MALLOC_MMAP_THRESHOLD_=65536")
+    ap.add_argument("--table", action="store_true", help="only print the markdown table of the stored rows, re-predicted")
     ap.add_argument("--out", default=str(ROOT / "bench/results/estimate_accuracy.json"))
     a = ap.parse_args()
     if a.child:
         return child(a.child)
+    if a.table:
+        return table(Path(a.out), {"tiny": a.tiny, "real": a.real})
     models = {"tiny": a.tiny, "real": a.real}
     rows = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else []
     picked = [int(i) for i in a.only.split(",") if i] or range(len(CASES))
     for i in picked:
-        case = CASES[i]
+        case = {**CASES[i], "malloc": a.malloc}
         if not models[case["model"]]:
             continue
         with tempfile.TemporaryDirectory() as run_dir:
             cfg = config_for(models[case["model"]], case, run_dir + "/run")
-            m = measure(cfg)
-        p = predict(cfg, m["baseline"])
+            m = measure(cfg, a.malloc)
+        p = predict(cfg, m["baseline"], a.malloc)
         row = {**case, "measured": m["peak"], "baseline": m["baseline"], "predicted": p["peak"],
                "err_total": (p["peak"] - m["peak"]) / m["peak"],
                "err_above_baseline": (p["peak"] - m["peak"]) / max(1, m["peak"] - m["baseline"]),
                "terms": p["terms"], "seconds": m["seconds"], "tokens": m["tokens"], "flops_per_micro_batch": p["flops"]}
         rows = [r for r in rows if {k: r.get(k) for k in case} != case] + [row]
-        print(f"{i:2d} {case['model']:5} {case['how']:6} {case['method']:9} B{case['batch']} T{case['seq']} gc={case['gc']!s:5} "
+        print(f"{i:2d} {a.malloc:5} {case['model']:5} {case['how']:6} {case['method']:9} B{case['batch']} T{case['seq']} gc={case['gc']!s:5} "
               f"measured {m['peak'] / 2**20:8.0f} MiB (baseline {m['baseline'] / 2**20:.0f}) predicted {p['peak'] / 2**20:8.0f} MiB "
               f"err {row['err_total']:+.1%} (above baseline {row['err_above_baseline']:+.1%})", flush=True)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

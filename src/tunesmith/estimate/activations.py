@@ -2,21 +2,29 @@
 leaves them for autograd. Counted per token, in elements, then scaled by the compute dtype.
 
 The counts were read off autograd itself (a `saved_tensors_hooks` trace of a Llama layer on the
-CPU, tests/unit/test_estimate_activations.py re-runs it) rather than copied from a paper, because
-what is saved depends on the code: transformers' RMSNorm, RoPE, SDPA call and PEFT's LoRA layer.
-Per token and layer (d hidden, kv = key/value width, f intermediate, h heads, r LoRA rank):
+CPU; tests/unit/test_estimate_activations.py re-runs it and holds the formula to it) rather than
+copied from a paper, because what is saved depends on the code: transformers' RMSNorm, RoPE and
+SDPA call, and PEFT's LoRA layer. Per token and layer (d hidden, kv = key/value width, f
+intermediate, h heads, r LoRA rank):
 
-  residual stream and norms   x_in, norm1 out, h1 (after attention), norm2 out     4·d
-  attention                   q after RoPE, SDPA output, o_proj input (a contiguous copy)
-                              3·d, k after RoPE + v: 2·kv (GQA keeps them small), logsumexp h (fp32)
-  MLP                         SwiGLU: gate, up, silu(gate), silu·up = 4·f;  GELU MLP: 2·f
-  RMSNorm 1/rms               2 values (fp32)
-  LoRA                        each adapted matrix's x·A (r values); with dropout > 0 also the
-                              dropped-out input of each adapted matrix (d_in values)
-  masked attention            packed rows under SDPA/eager get a (B, 1, T, T) mask per layer and lose
-                              SDPA's native GQA: k and v are repeated to h heads (+2·(d − kv))
-  eager attention             the (B, h, T, T) probabilities: fp32 softmax + its compute-dtype copy
+  always (gradients flow through the layer)
+    residual stream x_in and h1 (after attention)                       2·d
+    q after RoPE and the SDPA output; k after RoPE and v (GQA: kv wide)  2·d + 2·kv
+    SDPA's logsumexp (fp32) and RMSNorm's 1/rms (fp32, two norms)       h + 2
+    SwiGLU: gate, up, silu(gate)                                         3·f   (GELU MLP: f)
+  the input of a linear layer whose weight trains is saved once per input:
+    norm1 out (q/k/v), o_proj input, norm2 out (gate/up), silu·up (down)  d, d, d, f
+    full fine-tuning saves all four (7·d + 2·kv + 4·f + h + 2 in all); LoRA without dropout saves
+    those of its adapted groups except the o_proj input, which PEFT's LoRA reads without keeping
+  LoRA: each adapted matrix keeps x·A (r values); with dropout > 0 each adapted matrix keeps its
+    own dropped-out input and the dropout mask (2·d_in, in place of the shared input above)
+  masked attention: packed rows under SDPA/eager get a (B, 1, T, T) fp32 mask per layer and lose
+    SDPA's native GQA: k and v are repeated to h heads (+2·(d − kv))
+  eager attention: the (B, h, T, T) probabilities, fp32 softmax + its compute-dtype copy
 
+Outside the layers: the final norm and the embedding output (6·d per token with full fine-tuning;
+with a frozen embedding and final norm they cancel the first layer's unsaved input), RoPE's cos/sin
+(2·head_dim, fp32) and the position ids.
 Gradient checkpointing keeps only each layer's input (d per token) and recomputes one layer at a
 time during backward, so its peak is L·d + one layer's activations.
 """
@@ -30,6 +38,14 @@ from .shapes import ModelShape
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
+# Which input tensor each linear reads: matrices of one group share it (saved once).
+_GROUPS = {"q_proj": "attn_in", "k_proj": "attn_in", "v_proj": "attn_in", "qkv_proj": "attn_in", "query_key_value": "attn_in",
+           "c_attn": "attn_in", "Wqkv": "attn_in", "o_proj": "attn_out", "out_proj": "attn_out", "dense": "attn_out",
+           "gate_proj": "mlp_in", "up_proj": "mlp_in", "gate_up_proj": "mlp_in", "w1": "mlp_in", "w3": "mlp_in", "fc1": "mlp_in",
+           "c_fc": "mlp_in", "dense_h_to_4h": "mlp_in", "down_proj": "mlp_out", "w2": "mlp_out", "fc2": "mlp_out",
+           "dense_4h_to_h": "mlp_out", "c_proj": "mlp_out"}
+
+
 @dataclass(frozen=True)
 class ActivationSpec:
     tokens: int  # tokens in one micro-batch (B·T, or the packed DPO row)
@@ -39,28 +55,36 @@ class ActivationSpec:
     attn: str  # sdpa | eager | flash_attention_2
     masked: bool  # packed rows or shared-prompt DPO rows: attention takes an explicit mask
     checkpointing: bool
-    lora_ranks: tuple[tuple[int, int], ...] = ()  # (d_in, r) per adapted matrix in ONE layer
+    full: bool = True  # every weight trains (full fine-tuning)
+    lora: tuple[tuple[str, int, int], ...] = ()  # (leaf name, d_in, r) of each adapted matrix in ONE layer
     lora_dropout: float = 0.0
-    grad_through_layers: bool = True  # False only when nothing below the head trains (then nothing is saved)
 
 
 def per_token_layer_elements(shape: ModelShape, spec: ActivationSpec) -> dict[str, float]:
-    """Elements saved per token in one decoder layer, by part, in bytes (dtype applied)."""
+    """Bytes saved per token in one decoder layer, by part."""
     a = DTYPE_BYTES[spec.dtype]
     d, kv, f, h = shape.hidden, shape.kv_width, shape.intermediate, shape.heads
+    widths = {"attn_in": d, "attn_out": d, "mlp_in": d, "mlp_out": f}
+    if spec.full:
+        inputs = set(widths)
+    elif spec.lora_dropout > 0:
+        inputs = set()
+    else:
+        inputs = {_GROUPS.get(n, "attn_in") for n, _, _ in spec.lora} - {"attn_out"}
     parts = {
-        "residual+norms": 4 * d * a + 2 * 4,
-        "attention": (3 * d + 2 * kv) * a + h * 4,
-        "mlp": (4 if shape.gated_mlp else 2) * f * a,
+        "residual": 2 * d * a,
+        "attention": (2 * d + 2 * kv) * a + (h + 2) * 4,
+        "mlp": (3 if shape.gated_mlp else 1) * f * a,
+        "linear inputs": sum(widths[g] for g in inputs) * a,
     }
     if spec.masked and spec.attn != "flash_attention_2" and kv < d:
         parts["attention"] += 2 * (d - kv) * a  # repeat_kv: SDPA's enable_gqa is off when a mask is given
     if spec.attn == "eager":
         parts["attention"] += h * spec.seq_len * (4 + a)
-    if spec.lora_ranks:
-        parts["lora"] = sum(r for _, r in spec.lora_ranks) * a
+    if spec.lora:
+        parts["lora"] = sum(r for _, _, r in spec.lora) * a
         if spec.lora_dropout > 0:
-            parts["lora"] += sum(d_in for d_in, _ in spec.lora_ranks) * a
+            parts["lora"] += 2 * sum(d_in for _, d_in, _ in spec.lora) * a
     return parts
 
 
@@ -74,17 +98,15 @@ def mask_bytes_per_layer(spec: ActivationSpec) -> int:
 def activation_bytes(shape: ModelShape, spec: ActivationSpec) -> dict[str, int]:
     """{'per_layer': bytes one layer saves for this micro-batch, 'saved': bytes alive at the end of
     the forward, 'detail': text}."""
-    if not spec.grad_through_layers:
-        return {"per_layer": 0, "saved": 0, "detail": "nothing below the head trains: no activations are saved"}
     a = DTYPE_BYTES[spec.dtype]
     parts = per_token_layer_elements(shape, spec)
     per_layer = int(sum(parts.values()) * spec.tokens) + mask_bytes_per_layer(spec)
-    final_norm = 2 * shape.hidden * a * spec.tokens
+    outside = ((6 if spec.full else 0) * shape.hidden * a + 2 * shape.head_dim * 4 + 8) * spec.tokens
     if spec.checkpointing:
-        saved = shape.layers * shape.hidden * a * spec.tokens + per_layer + final_norm
+        saved = shape.layers * shape.hidden * a * spec.tokens + per_layer + outside
         how = f"checkpointed: L·d·{a} B/token layer inputs + one recomputed layer ({per_layer / 2**20:.1f} MiB)"
     else:
-        saved = shape.layers * per_layer + final_norm
+        saved = shape.layers * per_layer + outside
         how = f"{shape.layers} layers × {per_layer / 2**20:.1f} MiB"
     per_tok = ", ".join(f"{k} {v:,.0f}" for k, v in parts.items())
     return {"per_layer": per_layer, "saved": saved,

@@ -20,12 +20,15 @@ from dataclasses import dataclass, field
 
 from ..train.losses import CHUNK_ELEMENTS
 from .activations import DTYPE_BYTES, ActivationSpec, activation_bytes
-from .plan import PY_BYTES_PER_TOKEN, Plan
+from .plan import PY_BYTES_PER_FILE_BYTE, Plan
 from .shapes import ModelShape
 
 NF4_CONSTANTS = {True: 1 / 64 + 4 / (64 * 256), False: 4 / 64}  # bytes per weight, double_quant or not
 OPTIMIZER_BYTES = {"adamw": 8.0, "paged_adamw": 8.0, "adamw_8bit": 2.0 + 8 / 256, "paged_adamw_8bit": 2.0 + 8 / 256}
 GIB = 2**30
+# glibc's heap keeps freed activation blocks (see plan.cpu_allocator): the RSS peak of a default run
+# exceeds the live peak by about this fraction of the activations, measured in bench/estimate_accuracy.py.
+GLIBC_RETENTION = 0.8
 
 
 @dataclass
@@ -33,7 +36,7 @@ class Term:
     name: str
     bytes: int
     detail: str
-    kind: str = "persistent"  # persistent | activations | transient | cpu (offloaded to host RAM)
+    kind: str = "persistent"  # persistent | activations | transient | forward | backward | cpu (offloaded to host RAM)
 
 
 @dataclass
@@ -44,7 +47,12 @@ class Breakdown:
         self.terms.append(Term(name, int(round(n)), detail, kind))
 
     def device_bytes(self) -> int:
-        return sum(t.bytes for t in self.terms if t.kind != "cpu")
+        """The peak: everything alive throughout, plus the larger of what lives only in the forward
+        (autocast's weight copies) and what lives only in the backward (gradients, when they are set
+        to None after every step, i.e. without gradient accumulation)."""
+        always = sum(t.bytes for t in self.terms if t.kind not in ("cpu", "forward", "backward"))
+        phase = lambda k: sum(t.bytes for t in self.terms if t.kind == k)  # noqa: E731
+        return always + max(phase("forward"), phase("backward"))
 
     def cpu_bytes(self) -> int:
         return sum(t.bytes for t in self.terms if t.kind == "cpu")
@@ -78,14 +86,16 @@ def _weights(b: Breakdown, shape: ModelShape, plan: Plan, shard: int) -> None:
               f"{shape.total_params:,} frozen params × {wb} B ({plan.weight_dtype})" + (f" / {shard} shards" if shard > 1 else ""))
 
 
-def _states(b: Breakdown, plan: Plan, trainable: int) -> None:
+def _states(b: Breakdown, plan: Plan, trainable: int, matmul_params: int) -> None:
     n, N = trainable, plan.gpus
     s = plan.sharding
     opt_shard = N if s in ("zero1", "zero2", "zero3", "fsdp") else 1
     grad_shard = N if s in ("zero2", "zero3", "fsdp") else 1
     if not plan.full:
         b.add("trainable", 4 * n / (N if s in ("zero3", "fsdp") else 1), f"{n:,} adapter params × 4 B (fp32)")
-    b.add("gradients", 4 * n / grad_shard, f"{n:,} × 4 B (fp32)" + (f" / {grad_shard} ({s})" if grad_shard > 1 else ""))
+    # zero_grad(set_to_none=True): without accumulation the gradients exist only from the backward to the step.
+    grad_kind = "persistent" if plan.grad_accum_steps > 1 else "backward"
+    b.add("gradients", 4 * n / grad_shard, f"{n:,} × 4 B (fp32)" + (f" / {grad_shard} ({s})" if grad_shard > 1 else ""), grad_kind)
     if s == "ddp" and N > 1:
         b.add("ddp buckets", 4 * n, f"{n:,} × 4 B: DDP's gradient buckets (a second copy for the all-reduce)")
     per = OPTIMIZER_BYTES[plan.optimizer]
@@ -95,15 +105,16 @@ def _states(b: Breakdown, plan: Plan, trainable: int) -> None:
           + paged + (" — offloaded to CPU RAM" if kind == "cpu" else ""), kind)
     b.add("master weights", 0, "none separate: the trainable parameters are fp32 themselves (PITFALLS 13)")
     if plan.precision != "fp32" and plan.full:
-        b.add("autocast copies", 2 * n / (N if s in ("zero3", "fsdp") else 1),
-              f"{n:,} × 2 B: bf16 copies of the fp32 weights cached by autocast during the forward", "transient")
+        m = matmul_params
+        b.add("autocast copies", 2 * m / (N if s in ("zero3", "fsdp") else 1),
+              f"{m:,} matmul weights × 2 B: bf16 copies of the fp32 weights, cached by autocast until the forward ends", "forward")
 
 
 def _loss(b: Breakdown, shape: ModelShape, plan: Plan, tokens: int) -> None:
     a = DTYPE_BYTES[plan.precision]
     V, d = shape.vocab, shape.hidden
     if plan.loss_chunk_size > 0:
-        rows = max(1, min(plan.loss_chunk_size, CHUNK_ELEMENTS // V))
+        rows = max(1, min(plan.loss_chunk_size, CHUNK_ELEMENTS // V, tokens))
         chunk = rows * V * (4 + (a if a != 4 else 0))
         b.add("logits+loss", chunk + 2 * tokens * d * a,
               f"fused chunked head: {rows:,} rows × {V:,} vocab × {4 + (a if a != 4 else 0)} B per chunk "
@@ -138,11 +149,11 @@ def _extras(b: Breakdown, shape: ModelShape, plan: Plan) -> None:
               "transient")
 
 
-def lora_ranks(shape: ModelShape, plan: Plan, targets: list[str]) -> tuple[tuple[int, int], ...]:
-    """(d_in, r) of every adapted matrix in one decoder layer."""
+def lora_ranks(shape: ModelShape, plan: Plan, targets: list[str]) -> tuple[tuple[str, int, int], ...]:
+    """(leaf name, d_in, r) of every adapted matrix in one decoder layer."""
     if plan.adapter.type not in ("lora", "dora"):
         return ()
-    per_model = [(i, plan.adapter.r) for n, i, _ in shape.linears if n in targets]
+    per_model = [(n, i, plan.adapter.r) for n, i, _ in shape.linears if n in targets]
     L = max(shape.layers, 1)
     return tuple(per_model[: len(per_model) // L])
 
@@ -154,20 +165,22 @@ def breakdown(shape: ModelShape, plan: Plan, adapter_params: int, targets: list[
     _weights(b, shape, plan, shard)
     if plan.offload == "all" and shard > 1:
         b.terms[-1].kind = "cpu"
-    _states(b, plan, trainable_count(shape, plan, adapter_params))
+    _states(b, plan, trainable_count(shape, plan, adapter_params), shape.matmul_params)
     tokens = plan.tokens_per_micro_batch()
     spec = ActivationSpec(tokens=tokens, rows=1 if plan.method in ("dpo", "reward") else plan.micro_batch_size,
                           seq_len=tokens if plan.method in ("dpo", "reward") else plan.seq_len,
                           dtype=plan.precision, attn=plan.attn, masked=plan.masked_attention(),
-                          checkpointing=plan.checkpointing, lora_ranks=lora_ranks(shape, plan, targets),
-                          lora_dropout=plan.adapter.dropout if plan.adapter.type in ("lora", "dora") else 0.0,
-                          grad_through_layers=True)  # even a soft prompt backpropagates through every layer
+                          checkpointing=plan.checkpointing, full=plan.full, lora=lora_ranks(shape, plan, targets),
+                          lora_dropout=plan.adapter.dropout if plan.adapter.type in ("lora", "dora") else 0.0)
     act = activation_bytes(shape, spec)
     b.add("activations", act["saved"], act["detail"], "activations")
     _loss(b, shape, plan, tokens)
     _extras(b, shape, plan)
-    if plan.data_tokens:
-        b.add("data", plan.data_tokens * PY_BYTES_PER_TOKEN, f"~{plan.data_tokens:,} tokens of training data (file size / 3 chars) "
-              f"× {PY_BYTES_PER_TOKEN} B in Python lists (host RAM of each process)", "cpu" if plan.target == "gpu" else "persistent")
+    if plan.data_bytes:
+        b.add("data", plan.data_bytes * PY_BYTES_PER_FILE_BYTE, f"tokenized rows in Python: ~{PY_BYTES_PER_FILE_BYTE} B per byte "
+              f"of the {plan.data_bytes / 2**20:.1f} MiB of training files (rough; host RAM)", "cpu" if plan.target == "gpu" else "persistent")
+    if plan.allocator == "glibc":
+        b.add("allocator", GLIBC_RETENTION * act["saved"], f"glibc heap retention: {GLIBC_RETENTION} × activations (measured); "
+              "run with MALLOC_MMAP_THRESHOLD_=65536 to remove it", "transient")
     b.add("framework", overhead, "measured: the process before the model (Python, torch, transformers, CUDA context on a GPU)")
     return b

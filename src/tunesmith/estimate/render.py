@@ -10,7 +10,7 @@ SCHEMA_VERSION = 1
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 or n == 0 else f"{n / 2**20:.1f} MiB"
 
 
 def _dur(s: float | None) -> str:
@@ -60,9 +60,10 @@ def as_text(est) -> str:
         f"  {'term':<20}{'per device':>12}  how",
     ]
     for t in est.breakdown.terms:
-        tag = {"transient": " (transient)", "cpu": " (CPU RAM)", "activations": ""}.get(t.kind, "")
+        tag = {"transient": " (transient)", "cpu": " (CPU RAM)", "forward": " (forward only)",
+               "backward": " (backward to step only)"}.get(t.kind, "")
         lines.append(f"  {t.name:<20}{gib(t.bytes):>12}  {t.detail}{tag}")
-    lines.append(f"  {'peak':<20}{gib(est.peak_bytes):>12}  sum of the above (CPU: RSS; GPU: allocator peak + framework)")
+    lines.append(f"  {'peak':<20}{gib(est.peak_bytes):>12}  all terms, forward-only vs backward-only whichever is larger (CPU: RSS; GPU: allocator peak + framework)")
     if est.breakdown.cpu_bytes():
         lines.append(f"  {'host RAM':<20}{gib(est.breakdown.cpu_bytes()):>12}  offloaded states")
     lines += ["", "  fits:"]
