@@ -104,11 +104,11 @@ CASES = [
       for m in ("sft", "pretrain") for gc in (False, True)],
     dict(model="tiny", how="lora", method="sft", batch=8, seq=1024, gc=False),
     dict(model="tiny", how="lora", method="dpo", batch=4, seq=512, gc=False),
-    dict(model="real", how="lora", method="sft", batch=4, seq=512, gc=False),
-    dict(model="real", how="lora", method="sft", batch=4, seq=512, gc=True),
-    dict(model="real", how="lora", method="pretrain", batch=4, seq=512, gc=False),
-    dict(model="real", how="qlora", method="sft", batch=4, seq=512, gc=False),
-    dict(model="real", how="full", method="sft", batch=2, seq=512, gc=False),
+    dict(model="real", how="lora", method="sft", batch=4, seq=512, gc=False, steps=3),
+    dict(model="real", how="lora", method="sft", batch=4, seq=512, gc=True, steps=3),
+    dict(model="real", how="lora", method="pretrain", batch=4, seq=512, gc=False, steps=3),
+    dict(model="real", how="qlora", method="sft", batch=4, seq=512, gc=False, steps=3),
+    dict(model="real", how="full", method="sft", batch=2, seq=512, gc=False, steps=3),
 ]
 
 

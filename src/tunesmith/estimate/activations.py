@@ -22,9 +22,9 @@ intermediate, h heads, r LoRA rank):
     SDPA's native GQA: k and v are repeated to h heads (+2·(d − kv))
   eager attention: the (B, h, T, T) probabilities, fp32 softmax + its compute-dtype copy
 
-Outside the layers: the final norm and the embedding output (6·d per token with full fine-tuning;
-with a frozen embedding and final norm they cancel the first layer's unsaved input), RoPE's cos/sin
-(2·head_dim, fp32) and the position ids.
+Outside the layers (traced, per token): +6·d with full fine-tuning (embedding output, final norm);
+with a frozen embedding the first layer saves less than the others (net 0·d, or −3·d with LoRA
+dropout); RoPE's cos/sin (2·head_dim, fp32) and the position ids.
 Gradient checkpointing keeps only each layer's input (d per token) and recomputes one layer at a
 time during backward, so its peak is L·d + one layer's activations.
 """
@@ -101,7 +101,11 @@ def activation_bytes(shape: ModelShape, spec: ActivationSpec) -> dict[str, int]:
     a = DTYPE_BYTES[spec.dtype]
     parts = per_token_layer_elements(shape, spec)
     per_layer = int(sum(parts.values()) * spec.tokens) + mask_bytes_per_layer(spec)
-    outside = ((6 if spec.full else 0) * shape.hidden * a + 2 * shape.head_dim * 4 + 8) * spec.tokens
+    # Outside the layers (traced): full fine-tuning saves 6·d more (embedding output, final norm);
+    # with a frozen embedding the first layer saves less than the others: 0·d net without LoRA
+    # dropout, 3·d fewer with it.
+    outside_d = 6 if spec.full else (-3 if spec.lora and spec.lora_dropout > 0 else 0)
+    outside = (outside_d * shape.hidden * a + 2 * shape.head_dim * 4 + 8) * spec.tokens
     if spec.checkpointing:
         saved = shape.layers * shape.hidden * a * spec.tokens + per_layer + outside
         how = f"checkpointed: L·d·{a} B/token layer inputs + one recomputed layer ({per_layer / 2**20:.1f} MiB)"
