@@ -29,6 +29,10 @@ GIB = 2**30
 # glibc's heap keeps freed activation blocks (see plan.cpu_allocator): the RSS peak of a default run
 # exceeds the live peak by about this fraction of the activations, measured in bench/estimate_accuracy.py.
 GLIBC_RETENTION = 0.8
+# CPU: what a run adds after the framework baseline whatever its size: the tokenizer, autograd's and
+# OpenMP's worker threads, the loader's mapped safetensors pages. Measured: runs of 512 and 2,048 tokens
+# per micro-batch both peaked ~30 MiB above the sum of their other terms (bench/README.md).
+CPU_RUNTIME = 32 * 2**20
 
 
 @dataclass
@@ -182,5 +186,7 @@ def breakdown(shape: ModelShape, plan: Plan, adapter_params: int, targets: list[
     if plan.allocator == "glibc":
         b.add("allocator", GLIBC_RETENTION * act["saved"], f"glibc heap retention: {GLIBC_RETENTION} × activations (measured); "
               "run with MALLOC_MMAP_THRESHOLD_=65536 to remove it", "transient")
+    if plan.target == "cpu":
+        b.add("runtime", CPU_RUNTIME, "tokenizer, autograd/OpenMP worker threads, mapped weight pages (measured constant)")
     b.add("framework", overhead, "measured: the process before the model (Python, torch, transformers, CUDA context on a GPU)")
     return b
