@@ -46,9 +46,11 @@ def child(config_path: str) -> None:
 
     baseline = _status("VmRSS")
     t0 = time.time()
-    summary = api.train(config_path, overwrite=True)
+    rates: list[float] = []
+    summary = api.train(config_path, overwrite=True, callbacks=[lambda step, rec: rates.append(rec["tokens_per_s"])])
+    steady = sorted(rates[1:] or rates)[len(rates[1:] or rates) // 2]  # median after the first step
     print("RESULT " + json.dumps({"baseline": baseline, "peak": _status("VmHWM"), "seconds": time.time() - t0,
-                                  "steps": summary["steps"], "tokens": summary["tokens"]}), flush=True)
+                                  "steps": summary["steps"], "tokens": summary["tokens"], "tokens_per_s": steady}), flush=True)
 
 
 def config_for(model: str, case: dict, out_dir: str) -> dict:
@@ -156,7 +158,11 @@ def main() -> None:
         row = {**case, "measured": m["peak"], "baseline": m["baseline"], "predicted": p["peak"],
                "err_total": (p["peak"] - m["peak"]) / m["peak"],
                "err_above_baseline": (p["peak"] - m["peak"]) / max(1, m["peak"] - m["baseline"]),
-               "terms": p["terms"], "seconds": m["seconds"], "tokens": m["tokens"], "flops_per_micro_batch": p["flops"]}
+               "terms": p["terms"], "seconds": m["seconds"], "tokens": m["tokens"], "flops_per_micro_batch": p["flops"],
+               "tokens_per_s": m.get("tokens_per_s"),
+               # achieved FLOP/s over this CPU's 230 GFLOP/s bound: what calibrates estimate.core.UTILISATION["cpu"]
+               "utilisation": (p["flops"] / (case["batch"] * case["seq"] * (2 if case["method"] == "dpo" else 1)))
+               * m["tokens_per_s"] / 230e9 if m.get("tokens_per_s") else None}
         rows = [r for r in rows if {k: r.get(k) for k in case} != case] + [row]
         print(f"{i:2d} {a.malloc:5} {case['model']:5} {case['how']:6} {case['method']:9} B{case['batch']} T{case['seq']} gc={case['gc']!s:5} "
               f"measured {m['peak'] / 2**20:8.0f} MiB (baseline {m['baseline'] / 2**20:.0f}) predicted {p['peak'] / 2**20:8.0f} MiB "
