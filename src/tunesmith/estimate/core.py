@@ -63,12 +63,8 @@ def _adapter(shape: ModelShape, plan: Plan) -> tuple[int, str, list[str]]:
     return n, formula, targets
 
 
-def _peak(shape: ModelShape, plan: Plan, n_adapter: int, targets: list[str], overhead: int) -> Breakdown:
-    return breakdown(shape, plan, n_adapter, targets, overhead)
-
-
 def _max_micro_batch(shape, plan, n_adapter, targets, overhead, capacity) -> int:
-    fits = lambda b: _peak(shape, plan.with_batch(b), n_adapter, targets, overhead).device_bytes() <= capacity  # noqa: E731
+    fits = lambda b: breakdown(shape, plan.with_batch(b), n_adapter, targets, overhead).device_bytes() <= capacity  # noqa: E731
     if not fits(1):
         return 0
     lo, hi = 1, 2
@@ -86,14 +82,14 @@ def estimate_plan(shape: ModelShape, plan: Plan, device: Device, utilisation: fl
     n_adapter, formula, targets = _adapter(shape, plan)
     if overhead is None:
         overhead = GPU_OVERHEAD if device.kind == "gpu" else CPU_OVERHEAD
-    b = _peak(shape, plan, n_adapter, targets, overhead)
+    b = breakdown(shape, plan, n_adapter, targets, overhead)
+    # Rows of the other kind (GPU classes when estimating the CPU, and back) are filled by `estimate`,
+    # which has the config to resolve dtypes for that kind; here only this kind's rows.
     fits = {}
-    for dev in [this_cpu(device.tflops_fp32 * 1e3 if device.kind == "cpu" else CPU_GFLOPS)] + [GPUS[k] for k in LISTED]:
-        # Each class is judged as the run would be on it: dtypes resolve per kind (fp32 CPU, bf16 GPU).
-        p = plan if (dev.kind == "gpu") == (plan.target == "gpu") else None
-        peak = b.device_bytes() if p is not None else None
-        fits[dev.name] = {"capacity_bytes": dev.capacity, "peak_bytes": peak,
-                          "fits": None if peak is None else peak <= dev.capacity}
+    for dev in [this_cpu()] + [GPUS[k] for k in LISTED]:
+        same = (dev.kind == "gpu") == (plan.target == "gpu")
+        fits[dev.name] = {"capacity_bytes": dev.capacity, "peak_bytes": b.device_bytes() if same else None,
+                          "fits": b.device_bytes() <= dev.capacity if same else None}
     max_b = _max_micro_batch(shape, plan, n_adapter, targets, overhead, device.capacity)
     trainable = trainable_count(shape, plan, n_adapter)
     fl = flops_per_micro_batch(shape, plan, trainable)
@@ -108,15 +104,21 @@ def estimate_plan(shape: ModelShape, plan: Plan, device: Device, utilisation: fl
 
 
 def _fill_fits(est: Estimate, cfg: RunConfig, shape: ModelShape, kwargs: dict) -> None:
-    """The classes of the other kind (GPU when estimating the CPU, and back) get their own plan."""
+    """The classes of the other kind (GPU when estimating the CPU, and back) are judged as the run would
+    be there: auto dtypes resolve to bf16 on a GPU and fp32 on the CPU, one process each."""
     other = "cpu" if est.plan.target == "gpu" else "gpu"
-    plan = plan_from_config(cfg, target=other, **kwargs)
+    try:
+        plan = plan_from_config(cfg, target=other, **{**kwargs, "gpus": 1})
+    except ConfigError as e:  # e.g. fp16 compute has no CPU form
+        for row in est.fits.values():
+            if row["peak_bytes"] is None:
+                row["why_not"] = str(e)
+        return
     n_adapter, _, targets = _adapter(shape, plan)
     peak = breakdown(shape, plan, n_adapter, targets, GPU_OVERHEAD if other == "gpu" else CPU_OVERHEAD).device_bytes()
-    for name, row in est.fits.items():
+    for row in est.fits.values():
         if row["peak_bytes"] is None:
-            row["peak_bytes"] = peak
-            row["fits"] = peak <= row["capacity_bytes"]
+            row["peak_bytes"], row["fits"] = peak, peak <= row["capacity_bytes"]
 
 
 def estimate(config: str | Path | RunConfig | None = None, overrides: list[str] | None = None, *, device: str = "cpu",

@@ -68,6 +68,9 @@ def as_text(est) -> str:
         lines.append(f"  {'host RAM':<20}{gib(est.breakdown.cpu_bytes()):>12}  offloaded states")
     lines += ["", "  fits:"]
     for name, row in est.fits.items():
+        if row["peak_bytes"] is None:
+            lines.append(f"    n/a {name:<14} {gib(row['capacity_bytes']):>11}  ({row.get('why_not', 'not estimated')})")
+            continue
         mark = "yes" if row["fits"] else "NO "
         lines.append(f"    {mark} {name:<14} {gib(row['capacity_bytes']):>11}  (needs {gib(row['peak_bytes'])})")
     lines.append(f"  largest micro-batch on {est.device.name}: {est.max_micro_batch}"
