@@ -181,3 +181,17 @@ def test_errors_name_the_fix(model_dir):
         estimate(None, [f"model.path={model_dir}"], device="cpu", gpus=2)
     with pytest.raises(UserError, match="config.json"):
         model_shape(str(model_dir) + "/nothing-here")
+
+
+def test_run_check_predicts_and_measures_this_process(model_dir):
+    """What `tunesmith train` records: the estimate before the model and the RSS high-water mark after."""
+    import torch
+
+    from tunesmith.estimate.check import after_run, before_model
+
+    pre = before_model(run(model_dir), torch.device("cpu"))
+    assert pre["kind"] == "cpu" and "estimate: peak" in pre["line"]
+    post = after_run(pre, torch.device("cpu"))
+    # Nothing was trained here: the process is its framework baseline, which the estimate includes.
+    assert post["measured_peak_bytes"] > 0 and post["predicted_peak_bytes"] > 0
+    assert post["estimate_error"] == (post["predicted_peak_bytes"] - post["measured_peak_bytes"]) / post["measured_peak_bytes"]
