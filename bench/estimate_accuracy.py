@@ -116,15 +116,15 @@ CASES = [
 
 def table(path: Path, models: dict) -> None:
     """Markdown rows: predictions recomputed with the current estimator from the stored measurements."""
-    print("| model | method | adapter | B×T | grad ckpt | malloc | measured peak | predicted | error | above baseline: measured / predicted / error |")
-    print("|---|---|---|---|---|---|---:|---:|---:|---|")
+    print("| model | method | adapter | B×T | grad ckpt | malloc | steps | measured peak | predicted | error | above baseline: measured / predicted / error |")
+    print("|---|---|---|---|---|---|---:|---:|---:|---:|---|")
     worst = 0.0
     for r in json.loads(path.read_text()):
         cfg = config_for(models[r["model"]], r, "/tmp/unused")
         p = predict(cfg, r["baseline"], r.get("malloc", "glibc"))["peak"]
         err, above = (p - r["measured"]) / r["measured"], r["measured"] - r["baseline"]
         worst = max(worst, abs(err))
-        print(f"| {r['model']} | {r['method']} | {r['how']} | {r['batch']}×{r['seq']} | {'on' if r['gc'] else 'off'} | {r.get('malloc', 'glibc')} "
+        print(f"| {r['model']} | {r['method']} | {r['how']} | {r['batch']}×{r['seq']} | {'on' if r['gc'] else 'off'} | {r.get('malloc', 'glibc')} | {r.get('steps', 5)} "
               f"| {r['measured'] / 2**20:,.0f} MiB | {p / 2**20:,.0f} MiB | {err:+.1%} | {above / 2**20:,.0f} / {(p - r['baseline']) / 2**20:,.0f} MiB / "
               f"{(p - r['measured']) / max(above, 1):+.1%} |")
     print(f"\nworst |error| on the whole peak: {worst:.1%}")

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offload", choices=["none", "optimizer", "all"], default="none", help="CPU offload (DeepSpeed/FSDP style)")
     p.add_argument("--generation-tokens", type=int, default=0, help="RL rollouts: tokens generated per row (adds the KV cache)")
     p.add_argument("--rows", type=int, default=0, help="training rows (of max_length) in an epoch, for the epoch time")
-    p.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOP/s assumed for time (default: calibrated CPU 0.35, GPU 0.40)")
+    p.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOP/s assumed for time (default: CPU 0.5 calibrated on a measured run, GPU 0.40)")
     p.add_argument("--json", action="store_true", help="print JSON: peak_bytes, breakdown, fits, step_seconds, ...")
 
     p = sub.add_parser("score", help="score prompt/response pairs (or chosen/rejected pairs) with a trained reward model")
