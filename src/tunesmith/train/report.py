@@ -164,6 +164,9 @@ def _key_numbers(s: dict, records: list[dict]) -> list[str]:
         rows.append(("Mean throughput", f"{fmt_count(rate)} tokens/s"))
     if s.get("peak_memory_bytes"):
         rows.append(("Peak memory", fmt_bytes(s["peak_memory_bytes"])))
+    if s.get("predicted_peak_bytes") and s.get("measured_peak_bytes"):
+        rows.append(("Peak memory: estimate vs measured", f"{fmt_bytes(s['predicted_peak_bytes'])} vs "
+                     f"{fmt_bytes(s['measured_peak_bytes'])} ({s['estimate_error']:+.1%}; `tunesmith estimate`)"))
     dur = s.get("duration_s", _last(records, "elapsed_s"))
     if dur is not None:
         rows.append(("Time", fmt_duration(dur)))

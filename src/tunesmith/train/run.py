@@ -158,6 +158,7 @@ class Run:
     trainable: int
     total: int
     t_begin: float
+    estimate: dict | None = None  # estimate/check.py's prediction, checked against the measured peak at the end
 
 
 def train(config: str | Path | RunConfig, overrides: list[str] | None = None, *, overwrite: bool = False,
@@ -216,6 +217,7 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
                           "(micro_batch_size x grad_accum_steps x processes); lower them or add data")
     total_steps = sampler.total_steps(cfg.train.epochs, cfg.train.max_steps)
 
+    estimate = _estimate_before_model(cfg, acc)
     model = build_model(cfg, acc.device, objective.head)
     if objective.head == "score":
         base_causal_lm(model).config.pad_token_id = pad_id
@@ -252,7 +254,22 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     progress = Progress(total_steps, initial=state.step, enabled=cfg.train.progress and main)
     parts = LoopParts(wrapper, objective, optimizer, scheduler, acc, data.train, data.eval, pad_id,
                       run_dir, log, progress, trackers, scaler, callbacks)
-    return Run(cfg, acc, run_dir, tokenizer, objective, data, parts, state, total_steps, trainable, total, t_begin)
+    return Run(cfg, acc, run_dir, tokenizer, objective, data, parts, state, total_steps, trainable, total, t_begin, estimate)
+
+
+def _estimate_before_model(cfg: RunConfig, acc) -> dict | None:
+    """The estimator's peak for this run (estimate/check.py), said before any weight is loaded; `finish`
+    puts the measured peak beside it, so every run checks the estimator. Advisory: a model the estimator
+    cannot shape (an architecture it does not know) trains all the same, with the reason said."""
+    from ..estimate.check import before_model
+
+    try:
+        pre = before_model(cfg, acc.device, acc.num_processes)
+    except Exception as e:  # noqa: BLE001 (a prediction must never stop a run)
+        say(f"estimate: unavailable ({type(e).__name__}: {e})")
+        return None
+    say(pre["line"])
+    return pre
 
 
 def _say_data(data: PreparedData) -> None:
@@ -307,6 +324,10 @@ def finish(run: Run, final_eval: float, final_metrics: dict) -> dict:
         "stop_reason": state.stop_reason, "final_loss": state.last_loss, "final_eval_loss": final_eval,
         "data": run.data.stats, "notes": run.data.notes, "run_dir": str(run_dir), "final_eval_metrics": final_metrics,
     }
+    if run.estimate is not None:
+        from ..estimate.check import after_run
+
+        summary.update(after_run(run.estimate, acc.device))  # predicted_peak_bytes, measured_peak_bytes, estimate_error
     if acc.is_main_process:
         summary["output"] = str(save_result(cfg, model, run.tokenizer, run_dir, full_state))
         summary["sections"] = run.objective.report_sections(run_dir)  # e.g. the preference curves and table
