@@ -30,7 +30,7 @@ def _positive_count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune LLMs: data -> train -> evaluate -> merge -> export.")
+    parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune LLMs: data -> train -> evaluate -> merge -> export -> serve.")
     parser.add_argument("--version", action="version", version=f"tunesmith {__import__('tunesmith').__version__}")
     sub = parser.add_subparsers(dest="command", metavar="STAGE", required=True)
 

@@ -68,7 +68,7 @@ def check_adapter_dir(path: str | Path, allowed: list[Path], what: str = "lora_p
     spec = spec_of_peft(str(cfg.get("peft_type")), bool(cfg.get("use_dora")))
     # Mixed batches (`adapter_names=` per row) exist in PEFT for plain LoRA only (adapters/registry.py).
     if spec is None or not spec.per_row_serving:
-        shown = spec.name if spec is not None else cfg.get("peft_type")
+        shown = "DoRA" if cfg.get("use_dora") else cfg.get("peft_type")
         raise APIError(400, f"`{what}` {path} is a {shown} adapter; the server batches LoRA adapters only. "
                        "Merge it into the base with `tunesmith merge` and serve the merged model")
     quant = (read_sidecar(p).get("base_quantization") or "none")
