@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .rl_config import RLConfig, check_rl
 
 Dtype = Literal["auto", "fp32", "bf16", "fp16"]
 
@@ -327,13 +328,14 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
-    method: Literal["sft", "pretrain", "reward", "dpo", "kto"] = Field("sft", description="Training objective.")
+    method: Literal["sft", "pretrain", "reward", "dpo", "kto", "grpo", "rloo", "ppo"] = Field("sft", description="Training objective.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     dpo: PreferenceConfig = Field(default_factory=PreferenceConfig, description="reward / dpo / kto settings.")
     output_dir: str = Field("runs/run", description="The run directory (refused when non-empty unless --overwrite or --resume).")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="`tunesmith prepare`: filters, dedup, PII, contamination, split and mix.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="`tunesmith eval` settings.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="grpo / rloo / ppo settings (rl_config.py).")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -372,6 +374,7 @@ class RunConfig(_Section):
             )
         if self.method == "pretrain" and self.data.format not in ("auto", "text"):
             raise ValueError("`method: pretrain` trains on raw text; set `data.format: text` (or auto)")
+        check_rl(self)
         return self
 
     @model_validator(mode="after")

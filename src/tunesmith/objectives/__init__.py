@@ -4,6 +4,7 @@ Every objective implements the hooks of `Objective` (base.py), which documents w
 from .base import Objective, SetupContext
 from .kto import KTOObjective
 from .preference import DPOObjective, RewardObjective
+from .rl import GRPOObjective, RLOOObjective
 from .sft import CausalLMObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -12,6 +13,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "reward": RewardObjective,
     "dpo": DPOObjective,
     "kto": KTOObjective,
+    "grpo": GRPOObjective,
+    "rloo": RLOOObjective,
 }
 
 __all__ = ["OBJECTIVES", "Objective", "SetupContext", "get_objective"]
