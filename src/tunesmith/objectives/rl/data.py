@@ -57,6 +57,13 @@ def _messages(data: dict, where: str, fmt: str) -> list[dict]:
     return msgs
 
 
+def prompt_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The conversation rendered with the assistant generation prompt, tokenized the way training
+    tokenizes (the template brings its own special tokens)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def read_prompts(cfg, tokenizer) -> tuple[list[PromptRow], Counter, list[str]]:
     dc = cfg.data
     resolve_chat_template(tokenizer, dc.chat_template)
@@ -73,8 +80,7 @@ def read_prompts(cfg, tokenizer) -> tuple[list[PromptRow], Counter, list[str]]:
                     raise
                 dropped[e.reason] += 1
                 continue
-            ids = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
-            ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+            ids = prompt_ids(tokenizer, msgs)
             if len(ids) > cfg.rl.max_prompt_length:
                 dropped[f"prompt longer than rl.max_prompt_length {cfg.rl.max_prompt_length}"] += 1
                 continue
