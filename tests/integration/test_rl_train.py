@@ -56,9 +56,12 @@ def _rl(warm, out, *extra, steps=60):
                         "train.scheduler=constant", f"output_dir={out}", *COMMON, *extra])
 
 
-@pytest.mark.parametrize("method", ["grpo", "rloo"])
-def test_reward_rises(warm, tmp_path, method):
-    s = _rl(warm, tmp_path / method, f"method={method}", "rl.samples_every=20")
+PPO = ["rl.beta=0.02", "rl.num_generations=4", "train.micro_batch_size=4"]
+
+
+@pytest.mark.parametrize("method, extra", [("grpo", []), ("rloo", []), ("ppo", PPO)])
+def test_reward_rises(warm, tmp_path, method, extra):
+    s = _rl(warm, tmp_path / method, f"method={method}", "rl.samples_every=20", *extra)
     rec = read_metrics(tmp_path / method / "metrics.jsonl")
     first = sum(r["reward"] for r in rec[:5]) / 5
     last = sum(r["reward"] for r in rec[-5:]) / 5
@@ -89,9 +92,13 @@ def test_accumulation_equals_one_micro_batch(warm, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
 
 
-def test_kill_and_resume_is_exact(warm, tmp_path):
+@pytest.mark.parametrize("extra", [["method=grpo", "rl.num_iterations=2"],
+                                   ["method=ppo", "rl.ppo_epochs=2", "rl.beta=0.05", "rl.kl_target=0.01", "rl.kl_horizon=10"]])
+def test_kill_and_resume_is_exact(warm, tmp_path, extra):
+    """A reused generation batch (num_iterations / ppo_epochs 2) and PPO's adaptive KL coefficient,
+    which lives in the objective and comes back through its state hook."""
     full, cut = tmp_path / "full", tmp_path / "cut"
-    extra = ["method=grpo", "rl.num_iterations=2", "train.save_every=2"]
+    extra = [*extra, "train.save_every=2"]
     _rl(warm, full, *extra, steps=4)
     _rl(warm, cut, *extra, steps=2)  # "killed" after the checkpoint at step 2
     train(None, [f"model.path={warm[0]}", f"data.train={warm[1]}", "rl.rewards=[regex]", "rl.regex=blue",
@@ -100,7 +107,7 @@ def test_kill_and_resume_is_exact(warm, tmp_path):
                  *COMMON[:3], *extra], resume=True)
     rf, rc = read_metrics(full / "metrics.jsonl"), read_metrics(cut / "metrics.jsonl")
     assert [r["step"] for r in rc] == [1, 2, 3, 4]
-    for key in ("loss", "reward", "kl", "entropy", "clip_fraction"):
+    for key in ("loss", "reward", "kl", "entropy", "clip_fraction", "beta", "value_loss"):
         assert [r.get(key) for r in rf] == [r.get(key) for r in rc], key
     assert rf[3]["clip_fraction"] >= 0  # step 4 reuses step 3's generations (num_iterations 2)
     wf, wc = _weights(full), _weights(cut)
