@@ -84,3 +84,29 @@ def test_stop_strings_cut_the_completion(model, tok):
     done = _sample(model, tok, prompts, max_new_tokens=8, stop=[stop])
     first = done[0]
     assert stop in tok.decode(first.ids) and stop not in tok.decode(first.ids[:-1]) and not first.truncated
+
+
+def test_lora_policy_and_its_reference(tiny_dir, tok):
+    """With LoRA the sampler and the training forward see the adapter; the reference is the same
+    module with the adapter disabled, which computes exactly what the base model computes."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.objectives.reference import adapter_disabled
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    plain = CompletionLogps(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32), 1024, 1.0)
+    torch.manual_seed(0)
+    peft = get_peft_model(base, LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    prompts = _prompts(tok)
+    done = _sample(peft, tok, prompts, temperature=1.0, return_logps=True)
+    batch = collate_samples([Sample(p, c.ids, c.truncated) for p, c in zip(prompts, done)], tok.pad_token_id)
+    wrapper = CompletionLogps(peft, 1024, 1.0)
+    with torch.no_grad():
+        got = unflatten(wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"]), batch["mask"])
+        with adapter_disabled(wrapper):
+            ref = score_tokens(wrapper, batch)[0]
+        base_logps = score_tokens(plain, batch)[0]
+    for b, c in enumerate(done):
+        assert got[b, : len(c.ids)].tolist() == pytest.approx(c.sampler_logps, abs=2e-5)
+    assert torch.allclose(ref, base_logps, atol=1e-6)
+    assert not torch.allclose(got[batch["mask"]], ref, atol=1e-3)  # the adapter does change the policy
