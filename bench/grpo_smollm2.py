@@ -22,7 +22,7 @@ from arith_data import write  # noqa: E402
 
 
 @torch.no_grad()
-def accuracy(model_dir: str, adapter: str | None, rows: list[dict], max_new_tokens: int = 64) -> dict:
+def accuracy(model_dir: str, adapter: str | None, rows: list[dict], max_new_tokens: int = 48) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.evaluate.metrics import answers_match, extract_answer
@@ -52,13 +52,14 @@ def main() -> None:
     ap.add_argument("--model", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--held-out", type=int, default=50)
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
     from tunesmith.train.metrics import read_metrics
     from tunesmith.train.run import train
 
     train_file, test_file = write(Path(a.out + "-data"))
-    held = [json.loads(x) for x in test_file.read_text().splitlines()]
+    held = [json.loads(x) for x in test_file.read_text().splitlines()][: a.held_out]
     before = accuracy(a.model, None, held)
     print("before", before, flush=True)
     t0 = time.time()
