@@ -20,6 +20,7 @@ from .model import ModelConfig
 from .preference import PreferenceConfig
 from .prepare import (PrepareConfig, PrepareContaminationConfig, PrepareDedupConfig, PrepareFiltersConfig,
                       PrepareNormalizeConfig, PreparePIIConfig)
+from .rl import RLConfig
 from .run import PREFERENCE_METHODS, RunConfig
 from .train import TrainConfig
 
@@ -27,6 +28,6 @@ __all__ = [
     "AdapterConfig", "BottleneckOptions", "DataConfig", "Dtype", "EvalConfig", "IA3Options", "JudgeConfig", "ModelConfig",
     "PREFERENCE_METHODS", "PTuningOptions", "PreferenceConfig", "PrefixOptions", "PrepareConfig",
     "PrepareContaminationConfig", "PrepareDedupConfig", "PrepareFiltersConfig", "PrepareNormalizeConfig",
-    "PreparePIIConfig", "PromptOptions", "RunConfig", "Section", "TrainConfig", "bf16_available", "load_config",
+    "PreparePIIConfig", "PromptOptions", "RLConfig", "RunConfig", "Section", "TrainConfig", "bf16_available", "load_config",
     "merge_dicts", "parse_overrides", "read_yaml", "validate_config", "_ADAPTER_OPTIONS", "_Section", "_describe", "_merge",
 ]

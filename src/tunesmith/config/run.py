@@ -17,6 +17,7 @@ from .evaluate import EvalConfig
 from .model import ModelConfig
 from .preference import PreferenceConfig
 from .prepare import PrepareConfig
+from .rl import RLConfig, check_rl
 from .train import TrainConfig
 
 PREFERENCE_METHODS = ("reward", "dpo", "kto")
@@ -37,13 +38,14 @@ def _deprecated_dpo_section(raw: Any) -> Any:
 class RunConfig(_Section):
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
-    method: Literal["sft", "pretrain", "reward", "dpo", "kto"] = Field("sft", description="Training objective.")
+    method: Literal["sft", "pretrain", "reward", "dpo", "kto", "grpo", "rloo", "ppo"] = Field("sft", description="Training objective.")
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig, description="reward / dpo / kto settings (old name: `dpo`).")
     output_dir: str = Field("runs/run", description="The run directory (refused when non-empty unless --overwrite or --resume).")
     prepare: PrepareConfig = Field(default_factory=PrepareConfig, description="`tunesmith prepare`: filters, dedup, PII, contamination, split and mix.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="`tunesmith eval` settings.")
+    rl: RLConfig = Field(default_factory=RLConfig, description="grpo / rloo / ppo settings (config/rl.py).")
 
     @model_validator(mode="before")
     @classmethod
@@ -92,6 +94,7 @@ class RunConfig(_Section):
             )
         if self.method == "pretrain" and self.data.format not in ("auto", "text"):
             raise ValueError("`method: pretrain` trains on raw text; set `data.format: text` (or auto)")
+        check_rl(self)
         return self
 
     @model_validator(mode="after")

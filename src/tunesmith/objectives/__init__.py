@@ -4,6 +4,7 @@ Every objective implements the hooks of `Objective` (base.py), which documents w
 from .base import Objective, SetupContext
 from .kto import KTOObjective
 from .preference import DPOObjective, RewardObjective
+from .rl import GRPOObjective, PPOObjective, RLOOObjective
 from .sft import CausalLMObjective
 
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -12,6 +13,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "reward": RewardObjective,
     "dpo": DPOObjective,
     "kto": KTOObjective,
+    "grpo": GRPOObjective,
+    "rloo": RLOOObjective,
+    "ppo": PPOObjective,
 }
 
 __all__ = ["OBJECTIVES", "Objective", "SetupContext", "get_objective"]

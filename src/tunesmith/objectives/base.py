@@ -35,6 +35,8 @@ which method is training (DESIGN principle 2). In the order a run calls them:
                               training and under no_grad in evaluation. Metrics are
                               {name: (sum, count)}; the loop adds them over micro-batches and
                               processes and logs sum / count as `name` (`eval_name` in evaluation)
+    state_dict() / load_state_dict(d)   the objective's own JSON-able state (an adaptive KL
+                              coefficient), saved in each checkpoint's state.json and restored on --resume
     -- after training --
     report_sections(run_dir)  -> [(title, markdown)]: the objective's part of report.md
 
@@ -103,6 +105,13 @@ class Objective:
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[float, int]]]:
         raise NotImplementedError(f"{type(self).__name__} must define step")
+
+    def state_dict(self) -> dict:
+        """JSON-able state that must survive a resume; none by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned."""
 
     def report_sections(self, run_dir: Path) -> list[tuple[str, str]]:
         return []

@@ -235,7 +235,8 @@ def _checkpoint(parts: LoopParts, state: LoopState, keep: int) -> None:
     acc = parts.accelerator
     unwrapped = acc.unwrap_model(parts.model)
     root = parts.run_dir / "checkpoints"
-    ckpt.save_checkpoint(root, state.step, unwrapped, parts.optimizer, parts.scheduler, state.to_json(),
+    ckpt.save_checkpoint(root, state.step, unwrapped, parts.optimizer, parts.scheduler,
+                         {**state.to_json(), "objective": parts.objective.state_dict()},
                          rank=acc.process_index, world_size=acc.num_processes, barrier=acc.wait_for_everyone,
                          scaler=parts.scaler)
     if acc.is_main_process:

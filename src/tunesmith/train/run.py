@@ -242,7 +242,7 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     optimizer = build_optimizer(wrapper, cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train, total_steps)
     scaler = torch.amp.GradScaler(acc.device.type) if cfg.train.precision == "fp16" else None
-    state = _restore(run_dir, wrapper, optimizer, scheduler, scaler, acc.process_index) if resume else LoopState()
+    state = _restore(run_dir, wrapper, optimizer, scheduler, scaler, acc.process_index, objective) if resume else LoopState()
     if own_fsdp:  # accelerate would wrap the sharded module in DDP as well
         optimizer = acc.prepare(optimizer)
     else:
@@ -280,12 +280,13 @@ def _say_data(data: PreparedData) -> None:
         f"max {ex.get('max')}, {data.stats['label_tokens']} label tokens, {data.stats['eval_examples']} eval examples")
 
 
-def _restore(run_dir: Path, wrapper, optimizer, scheduler, scaler, rank: int) -> LoopState:
+def _restore(run_dir: Path, wrapper, optimizer, scheduler, scaler, rank: int, objective: Objective) -> LoopState:
     found = ckpt.latest_valid(run_dir / "checkpoints", warn=say)
     if found is None:
         say(f"--resume: no complete checkpoint in {run_dir / 'checkpoints'}; starting from the beginning")
         return LoopState()
     saved = ckpt.load_checkpoint(found, wrapper, optimizer, scheduler, rank=rank, scaler=scaler)
+    objective.load_state_dict(saved.get("objective", {}))
     say(f"resumed from {found} (step {saved['step']})")
     return LoopState(**{k: v for k, v in saved.items() if k in LoopState.__dataclass_fields__})
 

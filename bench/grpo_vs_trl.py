@@ -1,0 +1,165 @@
+"""tunesmith's GRPO against TRL's GRPOTrainer + PEFT on the CPU: completions/s, peak memory and the
+reward curve of each, same model, prompts, group size, lengths and LoRA.
+
+    .venv/bin/python bench/grpo_vs_trl.py [--steps 15] [--model DIR]
+
+Needs `trl` (the `bench` extra). Each framework runs in a fresh subprocess (`--worker`), so its peak
+memory is its own ru_maxrss. Model: the "small" tiny Llama (hidden 256, 4 layers, vocab 2048,
+untrained, seeded) unless --model is given. Both: LoRA r 16 / alpha 32 / dropout 0 on every linear
+layer, 4 prompts x 4 generations = 16 completions per step, max 16 new tokens, temperature 1, no
+top-k / top-p, beta 0 (no reference pass in either), loss_type dapo, scale_rewards group, lr 1e-3
+constant, AdamW, clip 1.0, fp32, one torch thread, no gradient accumulation. Reward: the built-in
+`length` reward (1 - |chars - 24| / 24, at least -1), which an untrained model can climb. Sampling
+RNGs differ between the frameworks, so the curves agree in trend, not step by step.
+
+Measured: completions/s over steps 3..N (wall clock at each step's end: generation, scoring, the
+training forward/backward and the optimizer inside), peak MB = ru_maxrss at the end minus after
+the imports and one model load, mean reward of the first and last 3 steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS_JSON = HERE / "results" / "grpo_vs_trl.json"
+G, PROMPTS, NEW, TARGET, LR = 4, 4, 16, 24, 1e-3
+WORDS = ["river", "stone", "light", "tree", "cloud", "sun", "moon", "cat", "dog", "bird", "road", "fire", "rain", "snow"]
+
+
+def maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def length_reward(completions) -> list[float]:
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [max(-1.0, 1 - abs(len(t) - TARGET) / TARGET) for t in texts]
+
+
+def baseline(model_dir: str) -> float:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return maxrss_mb()
+
+
+def worker_tunesmith(spec: dict) -> dict:
+    import peft  # noqa: F401
+
+    from tunesmith.config import validate_config
+    from tunesmith.train.run import train
+
+    base = baseline(spec["model_dir"])
+    times, rewards, peak = [], [], [0.0]
+
+    def on_step(step, record):
+        times.append(time.perf_counter())
+        rewards.append(record["reward"])
+        peak[0] = maxrss_mb()
+
+    cfg = {"model": {"path": spec["model_dir"], "dtype": "fp32"}, "method": "grpo", "data": {"train": [spec["data"]]},
+           "adapter": {"type": "lora", "target_modules": "all-linear", "r": 16, "alpha": 32, "dropout": 0.0},
+           "rl": {"num_generations": G, "max_new_tokens": NEW, "rewards": ["length"], "target_length": TARGET,
+                  "loss_type": "dapo", "scale_rewards": "group", "beta": 0.0, "samples_every": 0},
+           "train": {"max_steps": spec["steps"], "micro_batch_size": PROMPTS, "lr": LR, "scheduler": "constant",
+                     "warmup_steps": 0, "precision": "fp32", "save_every": 0, "progress": False, "seed": 0},
+           "output_dir": spec["run_dir"]}
+    train(validate_config(cfg), overwrite=True, callbacks=[on_step])
+    return {"times": times, "rewards": rewards, "peak_mb": peak[0] - base}
+
+
+def worker_trl(spec: dict) -> dict:
+    import datasets
+    import peft
+    import transformers
+    from trl import GRPOConfig, GRPOTrainer
+
+    datasets.disable_progress_bars()
+    base = baseline(spec["model_dir"])
+    rows = [json.loads(x) for x in Path(spec["data"]).read_text().splitlines()]
+    ds = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}]} for r in rows])
+    args = GRPOConfig(output_dir=spec["run_dir"], per_device_train_batch_size=PROMPTS * G, num_generations=G,
+                      generation_batch_size=PROMPTS * G, max_completion_length=NEW, temperature=1.0, top_p=1.0, top_k=0,
+                      beta=0.0, loss_type="dapo", scale_rewards="group", learning_rate=LR, lr_scheduler_type="constant",
+                      warmup_steps=0, max_steps=spec["steps"], logging_steps=1, save_strategy="no", report_to=[],
+                      bf16=False, fp16=False, use_cpu=True, seed=0, disable_tqdm=True, shuffle_dataset=False,
+                      model_init_kwargs={"dtype": "float32"})
+    lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
+    times, rewards, peak = [], [], [0.0]
+
+    class Timer(transformers.TrainerCallback):
+        def on_step_end(self, a, state, control, **kw):
+            times.append(time.perf_counter())
+            peak[0] = maxrss_mb()
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "reward" in logs:
+                rewards.append(float(logs["reward"]))
+
+    def length(prompts, completions, **kw):
+        return length_reward(completions)
+
+    tok = transformers.AutoTokenizer.from_pretrained(spec["model_dir"])
+    GRPOTrainer(model=spec["model_dir"], reward_funcs=[length], args=args, train_dataset=ds, processing_class=tok,
+                peft_config=lora, callbacks=[Timer()]).train()
+    return {"times": times, "rewards": rewards, "peak_mb": peak[0] - base}
+
+
+def summarise(r: dict, steps: int) -> dict:
+    t = r["times"]
+    dt = t[-1] - t[1]
+    per_step = PROMPTS * G
+    return {"completions_per_s": round(per_step * (len(t) - 2) / dt, 2), "s_per_step": round(dt / (len(t) - 2), 3),
+            "peak_mb": round(r["peak_mb"], 1), "reward_first3": round(sum(r["rewards"][:3]) / 3, 3),
+            "reward_last3": round(sum(r["rewards"][-3:]) / 3, 3), "rewards": [round(x, 3) for x in r["rewards"]]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--model")
+    ap.add_argument("--worker")
+    ap.add_argument("--spec")
+    a = ap.parse_args()
+    if a.worker:
+        spec = json.loads(Path(a.spec).read_text())
+        import torch
+
+        torch.set_num_threads(1)
+        out = (worker_tunesmith if a.worker == "tunesmith" else worker_trl)(spec)
+        Path(spec["out"]).write_text(json.dumps(out))
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
+    model = a.model
+    if model is None:
+        from tunesmith.models.tiny import init_model
+
+        model = str(init_model(tmp / "small", size="small", seed=0))
+    data = tmp / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write a line about the {w}."}) + "\n" for w in WORDS * 8))
+    results = {}
+    for name in ("tunesmith", "trl"):
+        spec = {"model_dir": model, "data": str(data), "steps": a.steps, "run_dir": str(tmp / f"run-{name}"),
+                "out": str(tmp / f"{name}.json")}
+        (tmp / f"{name}-spec.json").write_text(json.dumps(spec))
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([sys.executable, __file__, "--worker", name, "--spec", str(tmp / f"{name}-spec.json")], check=True, env=env)
+        results[name] = summarise(json.loads(Path(spec["out"]).read_text()), a.steps)
+        print(name, json.dumps(results[name]), flush=True)
+    results["speedup"] = round(results["tunesmith"]["completions_per_s"] / results["trl"]["completions_per_s"], 2)
+    RESULTS_JSON.parent.mkdir(exist_ok=True)
+    RESULTS_JSON.write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

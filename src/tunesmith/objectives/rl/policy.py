@@ -1,0 +1,79 @@
+"""The module online RL trains: token log-probs of completions (and a value head for PPO).
+
+The training forward runs the decoder over the padded prompt + completion rows and sends only
+the hidden rows that predict a completion token through the vocabulary projection, chunked
+(`fused_linear_token_logps`): no (T, V) logits are kept. Log-probs are those of the sampling
+distribution, logits / temperature (the temperature folds into the hidden rows: (h/T) W^T = z/T).
+`score_tokens` is the no-grad version used by the rollout, which also returns the entropy.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ...train import losses
+from ...train.forward import base_causal_lm
+from ..logps import fused_linear_token_logps
+
+
+def _hidden(model, input_ids: Tensor, position_ids: Tensor, src: Tensor) -> Tensor:
+    base = base_causal_lm(model)
+    out = base.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    return out.last_hidden_state.flatten(0, 1).index_select(0, src)  # (N, H)
+
+
+def _head_logps(model, hidden: Tensor, tgt: Tensor, temperature: float, chunk_size: int) -> Tensor:
+    head = base_causal_lm(model).get_output_embeddings()
+    if type(head) is nn.Linear:
+        bias = head.bias / temperature if head.bias is not None else None
+        return fused_linear_token_logps(hidden / temperature, head.weight, tgt, bias, chunk_size)
+    # A LoRA-wrapped head: its own forward over the selected rows only, (N, V) at once.
+    logits = head(hidden).float() / temperature
+    return logits.log_softmax(-1).gather(1, tgt[:, None]).squeeze(1)
+
+
+class CompletionLogps(nn.Module):
+    """(input_ids, position_ids, src, tgt) -> (N,) log-probs of the completion tokens; with a value
+    head, also (N,) values of the states before each completion token (PPO)."""
+
+    def __init__(self, model: nn.Module, chunk_size: int, temperature: float, value_head: bool = False):
+        super().__init__()
+        self.model = model
+        self.chunk_size = chunk_size
+        self.temperature = temperature
+        if value_head:
+            hidden = base_causal_lm(model).config.hidden_size
+            self.value_head = nn.Linear(hidden, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
+        else:
+            self.value_head = None
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, src: Tensor, tgt: Tensor):
+        hidden = _hidden(self.model, input_ids, position_ids, src)
+        logps = _head_logps(self.model, hidden, tgt, self.temperature, self.chunk_size)
+        if self.value_head is None:
+            return logps
+        return logps, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+
+
+@torch.no_grad()
+def score_tokens(wrapper: CompletionLogps, batch: dict) -> tuple[Tensor, Tensor, Tensor | None]:
+    """No-grad (N,) log-probs, (N,) entropies of the sampling distribution and (N,) values (or None)."""
+    model, T = wrapper.model, wrapper.temperature
+    hidden = _hidden(model, batch["input_ids"], batch["position_ids"], batch["src"])
+    head = base_causal_lm(model).get_output_embeddings()
+    tgt = batch["tgt"]
+    rows = max(1, min(wrapper.chunk_size, losses.CHUNK_ELEMENTS // head.weight.shape[0]))
+    logps, ent = torch.empty(len(tgt), device=hidden.device), torch.empty(len(tgt), device=hidden.device)
+    for s in range(0, len(tgt), rows):
+        z = head(hidden[s : s + rows]).float() / T
+        lse = torch.logsumexp(z, dim=-1)
+        logps[s : s + rows] = z.gather(1, tgt[s : s + rows, None]).squeeze(1) - lse
+        p = torch.softmax(z, dim=-1)
+        ent[s : s + rows] = lse - (p * z).sum(-1)
+    values = None
+    if wrapper.value_head is not None:
+        values = wrapper.value_head(hidden.to(wrapper.value_head.weight.dtype)).squeeze(-1).float()
+    return logps, ent, values

@@ -1,0 +1,137 @@
+"""Reward functions: built-ins, user Python functions and trained reward models, by config.
+
+Every reward has the user-function signature `f(prompts, completions, **columns) -> list[float]`:
+`prompts` the prompt texts (the user turn), `completions` the generated texts, and one list per
+extra data column (e.g. `answer`) aligned with them. `rl.rewards` lists them; `build_rewards`
+resolves each spec once, before the first step, so a typo fails before any weight is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from pathlib import Path
+from typing import Callable
+
+from ...errors import ConfigError
+from ...evaluate.metrics import answers_match, extract_answer, json_scores
+
+RewardFn = Callable[..., list[float]]
+
+
+def gsm8k_reward(prompts, completions, answer=None, **_) -> list[float]:
+    """1 when the completion's final answer (eval's gsm8k extraction: the number after the last
+    `####`, else the last number) equals the row's `answer` (its own `#### N` or a plain number)."""
+    if answer is None:
+        raise ConfigError("reward `gsm8k` needs an `answer` column in the data (map it with data.columns: {answer: ...})")
+    out = []
+    for c, a in zip(completions, answer):
+        target = extract_answer(str(a), "gsm8k")
+        out.append(float(target is not None and answers_match(extract_answer(c, "gsm8k"), target)))
+    return out
+
+
+def regex_reward(pattern: str) -> RewardFn:
+    import re
+
+    rx = re.compile(pattern)
+
+    def regex(prompts, completions, **_) -> list[float]:
+        return [float(rx.search(c) is not None) for c in completions]
+    return regex
+
+
+def json_schema_reward(schema: dict | None) -> RewardFn:
+    def json_schema(prompts, completions, **_) -> list[float]:
+        key = "schema_match" if schema is not None else "json_valid"
+        return [json_scores(c, schema)[key] for c in completions]
+    return json_schema
+
+
+def length_reward(target: int) -> RewardFn:
+    def length(prompts, completions, **_) -> list[float]:
+        return [max(-1.0, 1 - abs(len(c) - target) / target) for c in completions]
+    return length
+
+
+def _user_function(spec: str) -> RewardFn:
+    module, _, name = spec.partition(":")
+    path = Path(module)
+    try:
+        if module.endswith(".py") or path.with_suffix(".py").is_file():
+            file = path if module.endswith(".py") else path.with_suffix(".py")
+            loader = importlib.util.spec_from_file_location(f"tunesmith_reward_{file.stem}", file)
+            mod = importlib.util.module_from_spec(loader)
+            sys.modules[loader.name] = mod
+            loader.loader.exec_module(mod)
+        else:
+            mod = importlib.import_module(module)
+    except (ImportError, FileNotFoundError) as e:
+        raise ConfigError(f"`rl.rewards`: cannot import {module!r} for {spec!r} ({e}); give a file path (my_rewards.py:fn) "
+                          "relative to the working directory, or an importable module") from None
+    fn = getattr(mod, name, None)
+    if not callable(fn):
+        raise ConfigError(f"`rl.rewards`: {module!r} has no function {name!r} (spec {spec!r})")
+    return fn
+
+
+class RewardModelReward:
+    """A `method: reward` run scoring (prompt, completion) with its own tokenizer and chat template."""
+
+    def __init__(self, run_dir: str, device):
+        from ...score import load_reward_model
+
+        self.model, self.tok = load_reward_model(run_dir)
+        self.model.to(device)
+        self.model.requires_grad_(False)
+        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+        self.__name__ = f"reward_model:{Path(run_dir).name}"
+
+    def __call__(self, prompts, completions, prompt_messages=None, **_) -> list[float]:
+        from ...score import _encode, score_ids
+
+        msgs = prompt_messages or [[{"role": "user", "content": p}] for p in prompts]
+        seqs = [_encode(self.tok, m, c, "rollout") for m, c in zip(msgs, completions)]
+        return score_ids(self.model, seqs, self.pad_id).tolist()
+
+
+def build_rewards(cfg_rl, device) -> list[tuple[str, RewardFn]]:
+    """[(name, function)] in `rl.rewards` order."""
+    out: list[tuple[str, RewardFn]] = []
+    for spec in cfg_rl.rewards:
+        if isinstance(spec, dict):
+            fn = RewardModelReward(spec["reward_model"], device)
+            out.append((fn.__name__, fn))
+        elif spec == "gsm8k":
+            out.append(("gsm8k", gsm8k_reward))
+        elif spec == "regex":
+            out.append(("regex", regex_reward(cfg_rl.regex)))
+        elif spec == "json_schema":
+            out.append(("json_schema", json_schema_reward(cfg_rl.json_schema)))
+        elif spec == "length":
+            out.append(("length", length_reward(cfg_rl.target_length)))
+        elif ":" in spec:
+            out.append((spec.rpartition(":")[2], _user_function(spec)))
+        else:
+            raise ConfigError(f"`rl.rewards`: unknown reward {spec!r}; built-ins are gsm8k, regex, json_schema, length; "
+                              "or give module:function or {reward_model: RUN_DIR}")
+    return out
+
+
+def score_all(rewards: list[tuple[str, RewardFn]], weights: list[float], prompts: list[str], completions: list[str],
+              columns: dict[str, list]) -> tuple[list[float], dict[str, list[float]]]:
+    """The weighted total per completion and each function's own values; a wrong length or a
+    non-finite value is an error naming the function."""
+    per: dict[str, list[float]] = {}
+    total = [0.0] * len(completions)
+    for (name, fn), w in zip(rewards, weights):
+        values = [float(v) for v in fn(prompts, completions, **columns)]
+        if len(values) != len(completions):
+            raise ConfigError(f"reward {name!r} returned {len(values)} values for {len(completions)} completions")
+        if not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"reward {name!r} returned a non-finite value; rewards must be finite floats")
+        per[name] = values
+        total = [t + w * v for t, v in zip(total, values)]
+    return total, per

@@ -1,0 +1,1 @@
+"""Generation for online RL: sampling completions with the current policy."""
