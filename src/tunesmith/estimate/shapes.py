@@ -53,7 +53,9 @@ class ModelShape:
 def _load_config(source: str, trust_remote_code: bool):
     from transformers import AutoConfig
 
-    p = Path(source).expanduser()
+    from ..models.convert import PACKAGED_MODELS, resolve_gguf
+
+    p = resolve_gguf(source) if str(source).strip().lower() in PACKAGED_MODELS else Path(source).expanduser()
     try:
         if p.is_file() and p.suffix == ".gguf":
             return AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name), p.stem
