@@ -65,7 +65,7 @@ def test_lora_on_lm_head_of_tied_smollm2_merges_exactly(smollm2_dir, tmp_path):
     with torch.no_grad():
         want = peft_model(ids).logits
     del peft_model, model
-    s = merge_adapter(smollm2_dir, tmp_path / "adapter", tmp_path / "merged")
+    s = merge_adapter(smollm2_dir, tmp_path / "adapter", tmp_path / "merged", base_quantization="none")
     assert s["untied_embeddings"] == ["lm_head"]
     assert json.loads((tmp_path / "merged" / "config.json").read_text())["tie_word_embeddings"] is False
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
