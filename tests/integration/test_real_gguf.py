@@ -65,7 +65,7 @@ def test_llama_cpp_token_ids_equal_transformers(smollm2_dir, exports):
         for text in TEXTS:
             want = tok(text, add_special_tokens=False)["input_ids"]
             assert list(llm.tokenize(text.encode(), add_bos=False, special=True)) == want, (path.name, text)
-            assert llm.detokenize(want).decode("utf-8") == text
+            assert llm.detokenize(want, special=True).decode("utf-8") == text
         llm.close()
 
 
