@@ -33,6 +33,7 @@ from . import checkpoint as ckpt
 from . import fsdp
 from .callbacks import Callback, as_callbacks
 from .forward import base_causal_lm
+from .host_memory import pin_mmap_threshold
 from .loop import LoopParts, LoopState, autocast, evaluate_with_metrics, train_loop
 from .metrics import MetricsLog, Progress, fmt_count, plain_permissions
 from .optim import build_optimizer, build_scheduler
@@ -178,6 +179,8 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
+    if acc.device.type == "cpu":
+        pin_mmap_threshold()  # freed activations go back to the system (train/host_memory.py)
     if acc.num_processes > 1:
         say(f"distributed: {acc.distributed_type.value} over {acc.num_processes} processes ({acc.device.type})")
     t_begin = time.time()
