@@ -34,6 +34,7 @@ from . import fsdp
 from .callbacks import Callback, as_callbacks
 from .forward import base_causal_lm
 from .host_memory import pin_mmap_threshold
+from .swiglu import fuse_swiglu
 from .loop import LoopParts, LoopState, autocast, evaluate_with_metrics, train_loop
 from .metrics import MetricsLog, Progress, fmt_count, plain_permissions
 from .optim import build_optimizer, build_scheduler
@@ -104,6 +105,7 @@ def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     base_causal_lm(model).config.use_cache = False
+    fuse_swiglu(model)  # one (B, T, intermediate) tensor less saved per layer, same gradients (train/swiglu.py)
     return model
 
 
