@@ -94,3 +94,30 @@ def test_unpacked_rows_pass_no_mask(tiny_dir):
 
     batch = collate(unpacked(_examples(3)), pad_id=0)
     assert shared_mask_for(model.model, batch["position_ids"], torch.float32) is None
+
+
+def test_grouped_kv_saved_at_their_own_head_count_on_cpu(tiny_dir):
+    """With the mask, transformers would repeat k and v to every query head and autograd would save
+    the copies (4 head-sized tensors a layer: q, k, v, out); the CPU flash kernel takes them grouped,
+    so only q and the output are saved with all heads, and the env switch is put back afterwards."""
+    from tunesmith.train.packed_mask import FORCE_GQA_ENV, _cpu_flash_takes_gqa_with_mask
+
+    model = _model(tiny_dir)
+    cfg = model.config
+    assert cfg.num_key_value_heads < cfg.num_attention_heads
+    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    full_heads = set()
+
+    def pack_hook(t):
+        if t.dim() == 4 and t.shape[1] == cfg.num_attention_heads and t.shape[-1] == head_dim:
+            full_heads.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+        CausalLMLoss(model, chunk_size=16)(**batch)
+    per_layer = 2 if _cpu_flash_takes_gqa_with_mask() else 4
+    assert len(full_heads) == per_layer * cfg.num_hidden_layers
+    import os
+
+    assert FORCE_GQA_ENV not in os.environ

@@ -6,11 +6,25 @@ call, which autograd then saves: one (B, 1, T, T) fp32 copy per layer (30 x 4 Mi
 4 x 512 tokens on SmolLM2). An additive mask built once in the query dtype goes to sdpa as it is,
 so all layers save the same tensor. The mask is the same function of position_ids: a token sees
 the tokens of its own segment up to itself (-inf elsewhere, as torch's own conversion writes).
+
+With a mask, transformers also repeats k and v to all query heads before sdpa (GQA: SmolLM2 has
+3 kv heads for 9 query heads), and autograd saves the repeated copies: 2 x 4.5 MiB a layer at
+4 x 512 tokens. torch's CPU flash kernel takes grouped k/v and a mask natively (`enable_gqa`), so
+on the CPU, where that is checked to hold, `grouped_kv_attention` asks transformers for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+
 import torch
+import torch.nn.functional as F
+
+# transformers' switch for `enable_gqa=True` in sdpa even with a mask (integrations/sdpa_attention.py,
+# `use_gqa_in_sdpa`); without it a masked call repeats k and v to every query head first.
+FORCE_GQA_ENV = "TRANSFORMERS_SDPA_FORCE_GQA"
 
 
 def segment_ids(position_ids: torch.Tensor) -> torch.Tensor:
@@ -45,3 +59,29 @@ def shared_mask_for(model, position_ids: torch.Tensor, dtype: torch.dtype) -> to
     if torch.is_autocast_enabled(position_ids.device.type):
         return None
     return packed_additive_mask(position_ids, dtype)
+
+
+@functools.cache
+def _cpu_flash_takes_gqa_with_mask() -> bool:
+    """torch's CPU flash-attention kernel accepts grouped k/v with a mask (no fallback to the math
+    path, which would materialise (B, H, T, T) scores): checked once on a tiny input."""
+    try:
+        q = torch.zeros(1, 2, 4, 8, requires_grad=True)
+        kv = torch.zeros(1, 1, 4, 8)
+        out = F.scaled_dot_product_attention(q, kv, kv, attn_mask=torch.zeros(1, 1, 4, 4), enable_gqa=True)
+    except (TypeError, RuntimeError):
+        return False
+    return "FlashAttentionForCpu" in type(out.grad_fn).__name__
+
+
+@contextlib.contextmanager
+def grouped_kv_attention(mask: torch.Tensor | None):
+    """Around a decoder call: let masked sdpa take k/v at their own head count on the CPU."""
+    if mask is None or mask.device.type != "cpu" or FORCE_GQA_ENV in os.environ or not _cpu_flash_takes_gqa_with_mask():
+        yield
+        return
+    os.environ[FORCE_GQA_ENV] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop(FORCE_GQA_ENV, None)
