@@ -39,6 +39,11 @@ def worker(framework: str, spec: dict, out: Path) -> None:
                                              spec["max_length"])
         result = {"data": str(data), "data_info": info}
     else:
+        if framework == "tunesmith" and spec.get("gradient_checkpointing"):
+            import tunesmith.config as tcfg  # noqa: PLC0415
+
+            plain = tcfg.validate_config  # the shared worker builds its config with it: add the one key
+            tcfg.validate_config = lambda d: plain({**d, "train": {**d["train"], "gradient_checkpointing": True}})
         fn = sft_vs_trl.worker_tunesmith if framework == "tunesmith" else sft_vs_trl.worker_trl
         result = fn(spec)
         for k in ("step_end_s", "tokens", "trl_num_tokens"):
@@ -71,6 +76,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--frameworks", default="tunesmith,trl")
     ap.add_argument("--src", help="run tunesmith from this src/ directory instead of the installed one")
+    ap.add_argument("--gradient-checkpointing", action="store_true", help="tunesmith with train.gradient_checkpointing: true")
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before/after)")
     ap.add_argument("--worker"), ap.add_argument("--spec"), ap.add_argument("--out")
     args = ap.parse_args()
@@ -81,7 +87,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="tunesmith-memreal-"))
     base = {"model_dir": str(Path(args.model).resolve()), "max_length": 512, "packing": True, "micro_batch_size": 4,
-            "grad_accum_steps": 1, "device": "cpu", "threads": 1}
+            "grad_accum_steps": 1, "device": "cpu", "threads": 1, "gradient_checkpointing": args.gradient_checkpointing}
     setup = run("setup", {**base, "work": str(work), "n_examples": 16 * args.steps}, work, None)
     spec = {**base, "data": setup["data"], "steps": args.steps}
     runs: dict[str, list[dict]] = {fw: [] for fw in args.frameworks.split(",")}
