@@ -121,3 +121,19 @@ def test_grouped_kv_saved_at_their_own_head_count_on_cpu(tiny_dir):
     import os
 
     assert FORCE_GQA_ENV not in os.environ
+
+
+def test_packed_rows_with_gradient_checkpointing(tiny_dir):
+    """Checkpointing recomputes the layers in backward, outside the forward's context: the grouped-k/v
+    switch must stay off there (it raised a CheckpointError on SmolLM2), and the gradients are those
+    of the run without checkpointing."""
+    model = _model(tiny_dir).train()
+    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    lm = CausalLMLoss(model, chunk_size=16)
+    lm(**batch).backward()
+    want = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm(**batch).backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, want[n], rtol=1e-4, atol=1e-6, msg=n)

@@ -57,7 +57,7 @@ class CausalLMLoss(nn.Module):
         decoder, head = parts
         # Packed rows under sdpa: one additive mask for all layers instead of a float copy saved per layer.
         mask = shared_mask_for(decoder, position_ids, decoder.get_input_embeddings().weight.dtype)
-        with grouped_kv_attention(mask):  # and k/v saved at their own head count, not repeated (GQA)
+        with grouped_kv_attention(mask, decoder):  # and k/v saved at their own head count, not repeated (GQA)
             hidden = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
                              use_cache=False).last_hidden_state  # (B, T, H)
         hidden = hidden[:, :-1].flatten(0, 1)  # (N, H)

@@ -74,10 +74,17 @@ def _cpu_flash_takes_gqa_with_mask() -> bool:
     return "FlashAttentionForCpu" in type(out.grad_fn).__name__
 
 
+def _checkpointed(decoder) -> bool:
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in decoder.modules())
+
+
 @contextlib.contextmanager
-def grouped_kv_attention(mask: torch.Tensor | None):
-    """Around a decoder call: let masked sdpa take k/v at their own head count on the CPU."""
-    if mask is None or mask.device.type != "cpu" or FORCE_GQA_ENV in os.environ or not _cpu_flash_takes_gqa_with_mask():
+def grouped_kv_attention(mask: torch.Tensor | None, decoder):
+    """Around a decoder call: let masked sdpa take k/v at their own head count on the CPU. Not under
+    gradient checkpointing: its recomputation runs in backward, outside this context, and would
+    rebuild repeated k/v whose shapes differ from the saved ones (a CheckpointError)."""
+    if mask is None or mask.device.type != "cpu" or FORCE_GQA_ENV in os.environ or _checkpointed(decoder) \
+            or not _cpu_flash_takes_gqa_with_mask():
         yield
         return
     os.environ[FORCE_GQA_ENV] = "1"
