@@ -9,7 +9,7 @@ long-lived blocks, and the heap cannot shrink past them: freed memory stays in t
 
 Measured on SmolLM2-135M, LoRA r16, 4 x 512 packed tokens, fp32 (bench/README.md, memory
 breakdown): the forward's RSS rose 5.26 GB above the loaded model with the dynamic threshold
-and 3.19 GB with it pinned, while the tensors saved for backward were 2.67 GB either way.
+and 3.19 GB with it pinned, while the tensors saved for backward were the same 2,690 MiB.
 Pinning the threshold (any explicit M_MMAP_THRESHOLD turns the dynamic adjustment off) to
 glibc's own starting value keeps every block >= 128 KiB an mmap that goes back on free.
 """
