@@ -12,6 +12,10 @@ breakdown): the forward's RSS rose 5.26 GB above the loaded model with the dynam
 and 3.19 GB with it pinned, while the tensors saved for backward were the same 2,690 MiB.
 Pinning the threshold (any explicit M_MMAP_THRESHOLD turns the dynamic adjustment off) to
 glibc's own starting value keeps every block >= 128 KiB an mmap that goes back on free.
+
+The price: each such block is a fresh mapping whose pages are faulted in and zeroed on first touch,
+every step; on the same run a step took ~+50 % longer (25 vs 16 s on a loaded 2-core machine,
+bench/README.md). Setting MALLOC_MMAP_THRESHOLD_ (any value) keeps glibc's behaviour and the speed.
 """
 
 from __future__ import annotations
