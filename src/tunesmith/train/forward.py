@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .losses import IGNORE_INDEX, cross_entropy_sum, fused_linear_cross_entropy
+from .packed_mask import grouped_kv_attention, shared_mask_for
 
 
 def base_causal_lm(model):
@@ -54,7 +55,11 @@ class CausalLMLoss(nn.Module):
             logits = logits[:, logits.shape[1] - input_ids.shape[1]:]  # (B, T, V)
             return cross_entropy_sum(logits[:, :-1].flatten(0, 1), targets.flatten())
         decoder, head = parts
-        hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # (B, T, H)
+        # Packed rows under sdpa: one additive mask for all layers instead of a float copy saved per layer.
+        mask = shared_mask_for(decoder, position_ids, decoder.get_input_embeddings().weight.dtype)
+        with grouped_kv_attention(mask, decoder):  # and k/v saved at their own head count, not repeated (GQA)
+            hidden = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=mask,
+                             use_cache=False).last_hidden_state  # (B, T, H)
         hidden = hidden[:, :-1].flatten(0, 1)  # (N, H)
         targets = targets.flatten()
         keep = targets != IGNORE_INDEX

@@ -21,6 +21,11 @@ IGNORE_INDEX = -100
 # (more, smaller matmuls); measured at V = 128,256 on an H100, 8,192 tokens: 2,048-row chunks peak
 # at 3.9 GB over the inputs, against 12 GB for plain logits (bench/gpu_check.py).
 CHUNK_ELEMENTS = 1 << 26
+# On the CPU the loss runs after every activation of the step is already saved, so its transient
+# (the chunk, its exp and its product with the head: ~2-3 chunks) lands on top of the step's peak.
+# 2**24 fp32 (64 MiB, ~340 rows at SmolLM2's 49k vocabulary) cut the peak of the issue-17 run
+# (SmolLM2-135M, 4 x 512 tokens) by ~0.2 GB; the matmuls stay large enough for full CPU speed.
+CPU_CHUNK_ELEMENTS = 1 << 24
 
 
 def cross_entropy_sum(logits: Tensor, targets: Tensor) -> Tensor:
@@ -67,7 +72,8 @@ def fused_linear_cross_entropy(
     vocab_size = weight.shape[0]
     # The (C, V) fp32 logits chunk is the peak of the loss: cap it at CHUNK_ELEMENTS whatever the
     # vocabulary, so a 128k-vocab head gets ~500-row chunks and a 2k-vocab one keeps chunk_size.
-    chunk_size = max(1, min(chunk_size, CHUNK_ELEMENTS // vocab_size))
+    budget = CHUNK_ELEMENTS if hidden.device.type != "cpu" else min(CHUNK_ELEMENTS, CPU_CHUNK_ELEMENTS)
+    chunk_size = max(1, min(chunk_size, budget // vocab_size))
     bad = (targets != IGNORE_INDEX) & ((targets < 0) | (targets >= vocab_size))
     if bad.any():
         raise ValueError(

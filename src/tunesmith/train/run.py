@@ -32,6 +32,8 @@ from . import checkpoint as ckpt
 from . import fsdp
 from .callbacks import Callback, as_callbacks
 from .forward import base_causal_lm
+from .host_memory import pin_mmap_threshold
+from .swiglu import fuse_swiglu
 from .loop import LoopParts, LoopState, autocast, evaluate_with_metrics, train_loop
 from .metrics import MetricsLog, Progress, fmt_count
 from .optim import build_optimizer, build_scheduler
@@ -115,6 +117,7 @@ def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     base_causal_lm(model).config.use_cache = False
+    fuse_swiglu(model)  # one (B, T, intermediate) tensor less saved per layer, same gradients (train/swiglu.py)
     return model
 
 
@@ -199,6 +202,8 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
+    if acc.device.type == "cpu":
+        pin_mmap_threshold()  # freed activations go back to the system (train/host_memory.py)
     if acc.num_processes > 1:
         say(f"distributed: {acc.distributed_type.value} over {acc.num_processes} processes ({acc.device.type})")
     t_begin = time.time()

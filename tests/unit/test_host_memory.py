@@ -1,0 +1,53 @@
+"""glibc's dynamic mmap threshold keeps freed activations in the process (train/host_memory.py)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tunesmith.train import host_memory
+
+# A training step in miniature: one big block freed (raises glibc's threshold to its size), then
+# 8 MiB "activations" interleaved with small long-lived blocks, then every activation freed.
+SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from tunesmith.train.host_memory import pin_mmap_threshold
+    def rss_mb():
+        return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    pinned = pin_mmap_threshold() if sys.argv[1] == "1" else False
+    big = torch.ones(16 << 18); del big
+    base = rss_mb()
+    acts, small = [], []
+    for _ in range(32):
+        acts.append(torch.ones(8 << 18))      # 8 MiB
+        small.append(torch.ones(256))         # 1 KiB, outlives the activations
+    del acts
+    print(pinned, rss_mb() - base)
+""")
+
+
+def _run(pin: bool) -> tuple[bool, float]:
+    env = {k: v for k, v in os.environ.items() if k != host_memory.ENV}
+    src = str(Path(host_memory.__file__).resolve().parents[2])  # the src/ this tunesmith came from
+    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", SCRIPT, "1" if pin else "0"], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    return out[0] == "True", float(out[1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc behaviour")
+def test_pinned_threshold_returns_freed_activations():
+    _, kept_dynamic = _run(pin=False)
+    if kept_dynamic < 128:
+        pytest.skip(f"this libc returned the memory without help ({kept_dynamic:.0f} MiB kept): not glibc's dynamic threshold")
+    pinned, kept_pinned = _run(pin=True)
+    assert pinned
+    assert kept_pinned < 32, f"{kept_pinned:.0f} MiB of freed 8 MiB blocks still resident with the threshold pinned"
+
+
+def test_user_setting_wins(monkeypatch):
+    monkeypatch.setenv(host_memory.ENV, "65536")
+    assert host_memory.pin_mmap_threshold() is False
