@@ -49,7 +49,10 @@ class RealBudget:
     dpo_train: int = 16
     dpo_eval: int = 24
     dpo_steps: int = 8
-    dpo_lr: float = 5e-4
+    # 5e-4 drove the DPO loss to 0.008 in 8 steps and displaced the chosen answers' own tokens: the merged
+    # model then ended its JSON with `"Brno}` (12.5% exact match against the SFT model's 92.5%). 5e-5 keeps
+    # 92.5% and still widens the held-out preference margin (31.1 -> 34.7 log-prob).
+    dpo_lr: float = 5e-5
     dpo_micro_batch_size: int = 2
     max_new_tokens: int = 32  # the expected answers are ~20 tokens
     quant: str = "Q4_K_M"
@@ -107,7 +110,7 @@ def dpo_config(model: Path, out: Path, train_file: Path, eval_file: Path, b: Rea
     return validate_config({
         "model": {"path": str(model)},
         "method": "dpo",
-        "dpo": {"loss": "sigmoid", "beta": 0.1, "max_prompt_length": 96},
+        "preference": {"loss": "sigmoid", "beta": 0.1, "max_prompt_length": 96},
         "adapter": {"type": "lora", "r": b.lora_r, "alpha": 2 * b.lora_r, "dropout": 0.0, "target_modules": "all-linear"},
         "data": {"train": [str(train_file)], "eval": [str(eval_file)], "max_length": b.max_length},
         "train": _train_section(b.dpo_steps, b.dpo_lr, b.dpo_micro_batch_size, b.seed),
