@@ -185,7 +185,7 @@ def breakdown(shape: ModelShape, plan: Plan, adapter_params: int, targets: list[
               f"of the {plan.data_bytes / 2**20:.1f} MiB of training files (rough; host RAM)", "cpu" if plan.target == "gpu" else "persistent")
     if plan.allocator == "glibc":
         b.add("allocator", GLIBC_RETENTION * act["saved"], f"glibc heap retention: {GLIBC_RETENTION} × activations (measured); "
-              "run with MALLOC_MMAP_THRESHOLD_=65536 to remove it", "transient")
+              "tunesmith train pins the threshold on Linux (train/host_memory.py)", "transient")
     if plan.target == "cpu":
         b.add("runtime", CPU_RUNTIME, "tokenizer, autograd/OpenMP worker threads, mapped weight pages (measured constant)")
     b.add("framework", overhead, "measured: the process before the model (Python, torch, transformers, CUDA context on a GPU)")

@@ -86,10 +86,13 @@ def data_file_bytes(files: list[str]) -> int:
 def cpu_allocator() -> str:
     """glibc's default malloc raises its mmap threshold after freeing a large block, so later
     activations come from a heap that is not returned to the OS (the RSS peak grows past the live
-    peak); with MALLOC_MMAP_THRESHOLD_ set, large blocks stay mmapped and the RSS follows the live bytes."""
+    peak). `tunesmith train` pins the threshold on Linux (train/host_memory.py), so large blocks stay
+    mmapped and the RSS follows the live bytes ("mmap"); so does a user's MALLOC_MMAP_THRESHOLD_.
+    Elsewhere the dynamic threshold stands ("glibc", with its measured retention term)."""
     import os
+    import sys
 
-    return "mmap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc"
+    return "mmap" if sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc"
 
 
 def _reference(cfg: RunConfig) -> str:
