@@ -47,7 +47,7 @@ LEGACY_LAYOUTS: dict[str, list[tuple[str, ...]]] = {
     "quantize": [("report.md", "config.json")],
 }
 STAGE_NAMES = {"train": "a training run", "prepare": "prepared data", "merge": "a merged model", "eval": "an eval output",
-               "quantize": "a quantized model", "init-model": "an initialised model"}
+               "quantize": "a quantized model", "init-model": "an initialised model", "convert": "a converted GGUF model"}
 _SIBLING = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old)-(?P<pid>\d+)(-(?P<hex>[0-9a-f]+))?$")
 # A sibling's name carries this host's tag: on a shared filesystem another machine's PIDs mean nothing here.
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:4]

@@ -69,15 +69,24 @@ def test_quantized_source_is_recorded_as_lossy(tmp_path, tiny_dir, capsys):
 
 
 def test_existing_output_is_never_clobbered(tmp_path, tiny_dir):
+    """A folder of the user's files is refused, with or without --overwrite (io.py's rule for every
+    stage); a converted model is replaced only with --overwrite."""
     gguf = _write_gguf(tiny_dir, tmp_path / "m.gguf")
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="--overwrite"):
-        convert_gguf(gguf, out)
+    for overwrite in (False, True):
+        with pytest.raises(UserError, match="--overwrite"):
+            convert_gguf(gguf, out, overwrite=overwrite)
     assert (out / "keep.txt").read_text() == "mine"
-    convert_gguf(gguf, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "config.json").is_file()
+    converted = tmp_path / "converted"
+    convert_gguf(gguf, converted)
+    with pytest.raises(UserError, match="--overwrite"):
+        convert_gguf(gguf, converted)
+    (converted / "extra.txt").write_text("from the first conversion")
+    convert_gguf(gguf, converted, overwrite=True)
+    assert not (converted / "extra.txt").exists() and (converted / "config.json").is_file()
+    assert (converted / ".tunesmith.json").is_file()
 
 
 def test_bad_sources_are_refused(tmp_path, monkeypatch):

@@ -18,8 +18,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import secrets
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -114,17 +112,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory; choose another output path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} already exists and is not empty; pass --overwrite to replace it or choose another --out")
-
-
-def _sibling(out: Path, tag: str) -> Path:
-    return out.parent / f".{out.name}.{tag}-{os.getpid()}-{secrets.token_hex(4)}"
-
-
 @contextlib.contextmanager
 def _mistral_tensor_names():
     """transformers builds a Mistral model from a `llama` GGUF whose general.name says "mistral" (llama.cpp
@@ -165,28 +152,23 @@ def _load(path: Path):
 
 
 def convert_gguf(src: str | Path, out: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the GGUF `src` (a path or a packaged model's name) as a transformers directory `out`."""
+    """Write the GGUF `src` (a path or a packaged model's name) as a transformers directory `out`,
+    claimed like every stage's output (io.py: --overwrite replaces only a converted model)."""
+    from ..io import atomic_dir, check_output
+
     path = resolve_gguf(str(src))
-    out = Path(out).expanduser()
-    _check_out(out, overwrite)
+    out = check_output(Path(out).expanduser(), "convert", overwrite=overwrite, inputs=[path])
     info = gguf_info(path)
     if info["architecture"] not in ARCHITECTURES:
         raise UserError(f"{path}: GGUF architecture {info['architecture']!r} is not supported by `tunesmith convert`; "
                         f"supported: {', '.join(ARCHITECTURES)}")
     model, tokenizer = _load(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _sibling(out, "tmp")
-    try:
+    with atomic_dir(out, "convert", overwrite=overwrite, inputs=[path]) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _drop_tokens_past_vocab(tmp / "tokenizer.json", model.config.vocab_size)
         _split_digits(tmp / "tokenizer.json", info["pre_tokenizer"])
         _record_source(tmp / "config.json", path, info)
-        _apply_umask(tmp)
-        _move_into_place(tmp, out, overwrite)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out
 
 
@@ -228,30 +210,6 @@ def _record_source(config_path: Path, path: Path, info: dict) -> None:
                           "tensor_types": info["tensor_types"], "dequantized": is_lossy(info),
                           "note": lossy_note(info)}
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def _apply_umask(directory: Path) -> None:
-    """save_pretrained leaves model.safetensors at 0600; give every file a plain open()'s permissions."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for p in directory.iterdir():
-        p.chmod(0o666 & ~umask)
-
-
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished `tmp` to `out`; an old `out` is moved aside first and deleted after."""
-    _check_out(out, overwrite)
-    if not out.exists() or not any(out.iterdir()):
-        os.replace(tmp, out)
-        return
-    old = _sibling(out, "old")
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old)
 
 
 def cache_root() -> Path:
