@@ -3,11 +3,11 @@ preference metrics by step, read from metrics.jsonl like the rest of the report.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
-from ..train.metrics import atomic_write_bytes, read_metrics
+from ..train.metrics import read_metrics
+from .report_common import fmt_cell, write_png
 
 KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margin", "rewards/accuracy", "logps/chosen", "logps/rejected", "kl")
 
@@ -18,7 +18,6 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_preference(records: list[dict], out_png: Path, title: str) -> Path | None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if not any("rewards/chosen" in r for r in records):
@@ -44,14 +43,7 @@ def plot_preference(records: list[dict], out_png: Path, title: str) -> Path | No
     bottom.set_xlabel("step")
     if bottom.lines:
         bottom.legend(fontsize=8)
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    atomic_write_bytes(out_png, buf.getvalue())
-    return out_png
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else ""
+    return write_png(fig, out_png)
 
 
 def report_sections(run_dir: Path, method: str) -> list[tuple[str, str]]:
@@ -64,7 +56,7 @@ def report_sections(run_dir: Path, method: str) -> list[tuple[str, str]]:
     pick = sorted({train[0]["step"], train[-1]["step"], *[r["step"] for r in train][:: max(1, len(train) // 8)]})
     rows = ["| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
     by_step = {r["step"]: r for r in train}
-    rows += [f"| {s} | " + " | ".join(_fmt(by_step[s].get(k)) for k in keys) + " |" for s in pick]
+    rows += [f"| {s} | " + " | ".join(fmt_cell(by_step[s].get(k)) for k in keys) + " |" for s in pick]
     body = ("Rewards are the implicit rewards of the method (β · log-ratio to the reference for DPO/IPO/hinge/KTO, "
             "β · log-prob for SimPO/CPO/ORPO, the scalar head for a reward model); accuracy is the share of pairs "
             "whose chosen reward is higher.\n\n")

@@ -3,12 +3,12 @@ reward / KL / completion-length curves (`rl.png`), a table by step and sample co
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
 
 from ...train.metrics import atomic_write_bytes, read_metrics
+from ..report_common import fmt_cell, write_png
 
 KEYS = ("reward", "reward_std", "kl", "entropy", "completion_length", "truncated_fraction", "zero_std_fraction",
         "clip_fraction", "value_loss", "approx_kl", "beta")
@@ -32,7 +32,6 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_rl(records: list[dict], out_png: Path, title: str) -> Path | None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     panels = [k for k in ("reward", "kl", "completion_length") if any(k in r for r in records)]
@@ -46,14 +45,7 @@ def plot_rl(records: list[dict], out_png: Path, title: str) -> Path | None:
         ax.set_ylabel(key)
     axes[0].set_title(title)
     axes[-1].set_xlabel("step")
-    buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
-    atomic_write_bytes(out_png, buf.getvalue())
-    return out_png
-
-
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, (int, float)) else ""
+    return write_png(fig, out_png)
 
 
 def rl_report_sections(run_dir: Path, method: str) -> list[tuple[str, str]]:
@@ -65,7 +57,7 @@ def rl_report_sections(run_dir: Path, method: str) -> list[tuple[str, str]]:
     pick = sorted({records[0]["step"], records[-1]["step"], *[r["step"] for r in records][:: max(1, len(records) // 8)]})
     by_step = {r["step"]: r for r in records}
     rows = ["| step | " + " | ".join(keys) + " |", "|---:|" + "---:|" * len(keys)]
-    rows += [f"| {s} | " + " | ".join(_fmt(by_step[s].get(k)) for k in keys) + " |" for s in pick]
+    rows += [f"| {s} | " + " | ".join(fmt_cell(by_step[s].get(k)) for k in keys) + " |" for s in pick]
     body = ("The logged loss of GRPO/RLOO is near 0 by construction (advantages are centred within each group and "
             "the ratio is 1 at the first iteration); watch the reward, KL and completion length instead.\n\n")
     if png is not None:
