@@ -31,12 +31,16 @@ class Page:
 
 PAGES: list[Page] = [
     Page("/", "Runs", "runs.html"),
-    Page("/runs/{name}", "Run", "run.html", nav=False),
+    Page("/runs/{name:path}", "Run", "run.html", nav=False),
+    Page("/compare", "Compare", "compare.html"),
+    Page("/new", "Start a run", "new.html"),
 ]
 
 # "module:attribute" of each APIRouter, imported when the app is built.
 ROUTERS: list[str] = [
     "tunesmith.ui.runs_api:router",
+    "tunesmith.ui.compare_api:router",
+    "tunesmith.ui.launch_api:router",
 ]
 
 
