@@ -149,3 +149,23 @@ def test_api_lists_runs_and_compares_two(tmp_path):
     m = c.get("/api/run-metrics/a", params={"after": 15}).json()
     assert [x["step"] for x in m["records"]] == [16, 17, 18, 19, 20]
     assert c.get("/api/run-metrics/a", params={"after": 25}).json()["restart"]  # cut back by a resume
+
+
+def test_every_static_file_ships_in_the_package_and_every_reference_exists():
+    """A page that loads /static/X needs X in static/, and the wheel needs every file in static/
+    (pyproject's package-data globs; setuptools takes nothing else)."""
+    import fnmatch
+    import re
+    import tomllib
+
+    import tunesmith.ui.layout as layout
+
+    pkg = Path(layout.__file__).parents[1]  # src/tunesmith
+    root = pkg.parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tunesmith"]
+    files = [p.relative_to(pkg).as_posix() for p in (pkg / "ui" / "static").rglob("*") if p.is_file()]
+    assert files and not [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    html = [layout.STATIC / "layout.html", *(layout.STATIC / "pages").glob("*.html")]
+    refs = {m for page in html for m in re.findall(r'(?:src|href)="/static/([^"]+)"', page.read_text())}
+    assert {"common.js", "base.css", "runs.js", "run.js", "curves.js", "compare.js", "new.js"} <= refs
+    assert not [r for r in refs if not (layout.STATIC / r).is_file()]
