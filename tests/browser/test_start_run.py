@@ -5,11 +5,12 @@ finished run in the table. Slow: two train processes, each loading torch and the
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 pytestmark = pytest.mark.slow
-STEPS = 40
+STEPS = 120  # long enough that Stop lands mid-run on a fast machine too (a few steps/s here)
 
 
 def _wait_status(page, status: str, timeout_s: float) -> None:
@@ -24,6 +25,8 @@ def test_form_run_stops_resumes_finishes_and_is_listed(ui_server, page, tmp_path
     assert not page.is_visible("#new-readonly")
     for field, value in {"name": "form-run", "model-path": str(tiny_dir), "data-train": str(alpaca64), "data-max_length": "128",
                          "adapter-r": "8", "train-max_steps": str(STEPS), "train-micro_batch_size": "4", "train-save_every": "2",
+                         # 8 micro-batches a step: fewer steps/s, so Stop lands well before the end
+                         "train-grad_accum_steps": "8",
                          "train-eval_every": "10", "train-lr": "0.002"}.items():
         page.fill(f"#f-{field}", value)
     page.select_option("#f-data-format", "alpaca")
@@ -34,17 +37,22 @@ def test_form_run_stops_resumes_finishes_and_is_listed(ui_server, page, tmp_path
     page.wait_for_url("**/runs/form-run")
     _wait_status(page, "running", 60)
 
-    # Stop once a checkpoint exists: the run is interrupted, its checkpoints and metrics stay
-    page.wait_for_function("document.querySelectorAll('#checkpoints li.mono').length > 0", timeout=600_000, polling=1000)
+    # Stop once a checkpoint exists (watched on disk: the page's 2 s refresh is too slow a trigger):
+    # the run is interrupted, its checkpoints and metrics stay
+    run = runs / "form-run"
+    deadline = time.time() + 600
+    while not list(run.glob("checkpoints/step-*")):
+        assert time.time() < deadline, "no checkpoint within 10 minutes"
+        time.sleep(0.2)
+    page.wait_for_function("!document.getElementById('stop-run').disabled", timeout=30_000)
     page.click("#stop-run")
     _wait_status(page, "interrupted", 120)
-    run = runs / "form-run"
     stopped_at = max(json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines())
     assert 0 < stopped_at < STEPS and not (run / "report.md").exists()
 
     page.wait_for_function("!document.getElementById('resume-run').disabled", timeout=30_000)
     page.click("#resume-run")
-    _wait_status(page, "finished", 900)
+    _wait_status(page, "finished", 1200)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == list(range(1, STEPS + 1))  # resumed from its checkpoint: no step twice, none missing

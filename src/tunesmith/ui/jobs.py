@@ -128,7 +128,7 @@ def _watch(runs_dir: Path, job: dict, proc: subprocess.Popen) -> None:
 def stop(runs_dir: Path, name: str) -> dict:
     """SIGINT now; SIGTERM, then SIGKILL, if the process is still there after the grace period."""
     job = read_job(runs_dir, name)
-    if job is None or job.get("returncode") is not None or not _alive(int(job["pid"])):
+    if job is None or job.get("returncode") is not None or not _alive(int(job["pid"])) or not _is_ours(int(job["pid"]), job):
         raise LookupError(f"run {name} has no process running from this dashboard")
     _write(runs_dir, {**job, "stopped": True})
     pid = int(job["pid"])
