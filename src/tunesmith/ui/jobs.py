@@ -100,14 +100,15 @@ def start(runs_dir: Path, name: str, config_path: Path, *, resume: bool = False,
     root = jobs_dir(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     log = root / f"{job_id(name)}.log"
-    cmd = [sys.executable, "-m", "tunesmith.cli", "train", str(config_path)] + (["--resume"] if resume else [])
+    # train_child: `tunesmith train` with Ctrl-C's handler restored, so Stop (SIGINT) works (train_child.py)
+    cmd = [sys.executable, "-m", "tunesmith.ui.train_child", "train", str(config_path)] + (["--resume"] if resume else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "ab") as out:
-        out.write(f"$ {' '.join(cmd[2:])}\n".encode())
+        out.write(f"$ tunesmith {' '.join(cmd[3:])}\n".encode())
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=str(cwd or runs_dir), start_new_session=True)
-    job = {"name": name, "config": str(config_path), "command": cmd[2:], "cwd": str(cwd or runs_dir), "pid": proc.pid, "started": time.time(),
+    job = {"name": name, "config": str(config_path), "command": ["tunesmith", *cmd[3:]], "cwd": str(cwd or runs_dir), "pid": proc.pid, "started": time.time(),
            "resume": resume, "log": str(log), "returncode": None, "stopped": False}
     _write(runs_dir, job)
     with _lock:
