@@ -32,7 +32,7 @@
     $("run-actions").hidden = !actions;
     if (actions) {
       $("stop-run").disabled = info.status !== "running" || !info.job;
-      $("resume-run").disabled = info.status === "running" || !(info.checkpoints || []).length;
+      $("resume-run").disabled = !["interrupted", "failed"].includes(info.status) || !(info.checkpoints || []).length;
     }
   }
 
