@@ -59,3 +59,25 @@ def test_run_page_draws_the_loss_curve_from_metrics(ui_server, page, tmp_path, s
     assert img.get_attribute("src") == "/api/run-file/sft-a?file=loss.png"
     assert page.evaluate("el => el.complete && el.naturalWidth > 0", img)  # the image was served and decoded
     shot(page, "run-page")
+
+
+def test_run_page_follows_a_live_run(ui_server, page, tmp_path):
+    """New lines in metrics.jsonl extend the curves without a reload; a torn last line waits for its end."""
+    from tunesmith.train.metrics import MetricsLog
+    from ui_runs import curve
+
+    runs = tmp_path / "runs"
+    records = curve(12)
+    run = write_run(runs, "live", finished=False, records=records[:5])
+    page.goto(ui_server(runs) + "/runs/live")
+    page.wait_for_selector('#chart-loss path[data-series="loss"]')
+    count = 'document.querySelector(\'#chart-loss path[data-series="loss"]\').getAttribute("d").split("L").length'
+    assert page.evaluate(count) == 5
+    assert page.inner_text("#run-status") == "running"
+    with MetricsLog(run / "metrics.jsonl") as log:
+        for r in records[5:9]:
+            log.log(r)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 10, "loss": 1.')  # a write in progress
+    page.wait_for_function(f"{count} === 9", timeout=20_000)
+    assert page.query_selector("#run-problems .error-box") is None  # a torn tail is not a problem
