@@ -13,11 +13,18 @@ import signal
 import sys
 
 
+STOPPED = "tunesmith train: stopped (SIGINT from the dashboard's Stop); metrics.jsonl and checkpoints kept, Resume continues"
+
+
 def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     from ..cli import main as cli_main
 
-    return cli_main(sys.argv[1:])
+    try:
+        return cli_main(sys.argv[1:])
+    except KeyboardInterrupt:  # train has put back what it moved aside; a stop is not a crash: no traceback
+        print(STOPPED, file=sys.stderr, flush=True)
+        return 130  # what a shell reports for Ctrl-C
 
 
 if __name__ == "__main__":
