@@ -6,6 +6,8 @@ import json
 import math
 import re
 
+import pytest
+
 from ui_runs import write_run
 
 
@@ -81,3 +83,20 @@ def test_run_page_follows_a_live_run(ui_server, page, tmp_path):
         f.write('{"step": 10, "loss": 1.')  # a write in progress
     page.wait_for_function(f"{count} === 9", timeout=20_000)
     assert page.query_selector("#run-problems .error-box") is None  # a torn tail is not a problem
+
+
+def test_hovering_a_chart_shows_the_values_at_that_step(ui_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    run = write_run(runs, "a", steps=20, full_report=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    page.goto(ui_server(runs) + "/runs/a")
+    svg = page.wait_for_selector("#chart-lr svg")
+    left, width = float(svg.get_attribute("data-left")), float(svg.get_attribute("data-plot-w"))
+    # step 10 of 1..20 lies at 9/19 of the plot's width
+    page.hover("#chart-lr rect.overlay", position={"x": width * 9 / 19, "y": 20})
+    tip = page.wait_for_selector("#chart-lr text.tip[visibility=visible]")
+    lines = [t.text_content() for t in tip.query_selector_all("tspan")]
+    assert lines[0] == "step 10"
+    mantissa, exponent = f"{records[9]['lr']:.2e}".split("e")  # TS.fmt: JavaScript's toExponential(2), 5.24e-4
+    assert lines[1] == f"lr: {mantissa}e{int(exponent)}"
+    assert float(page.get_attribute("#chart-lr line.hover", "x1")) == pytest.approx(left + width * 9 / 19, abs=0.01)
