@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,8 @@ def accuracy(model_dir: str, adapter: str | None, rows: list[dict], max_new_toke
 
         model = PeftModel.from_pretrained(model, adapter)
     model.eval()
-    prompts = [prompt_ids(tok, [{"role": "user", "content": r["prompt"]}]) for r in rows]
+    prompts = [prompt_ids(tok, r["prompt"] if isinstance(r["prompt"], list) else [{"role": "user", "content": r["prompt"]}])
+               for r in rows]
     T = max(map(len, prompts))
     ids = torch.tensor([[tok.pad_token_id] * (T - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
@@ -43,7 +45,7 @@ def accuracy(model_dir: str, adapter: str | None, rows: list[dict], max_new_toke
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     texts = tok.batch_decode(out[:, T:], skip_special_tokens=True)
     correct = [answers_match(extract_answer(t, "gsm8k"), r["answer"]) for t, r in zip(texts, rows)]
-    formatted = ["####" in t for t in texts]
+    formatted = [re.search(r"####\s*-?\d+", t) is not None for t in texts]
     return {"accuracy": sum(correct) / len(rows), "format": sum(formatted) / len(rows), "example": texts[0]}
 
 
