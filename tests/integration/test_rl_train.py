@@ -112,3 +112,37 @@ def test_kill_and_resume_is_exact(warm, tmp_path, extra):
     assert rf[3]["clip_fraction"] >= 0  # step 4 reuses step 3's generations (num_iterations 2)
     wf, wc = _weights(full), _weights(cut)
     assert all(torch.equal(wf[k], wc[k]) for k in wf)
+
+
+def test_ppo_value_head_is_saved_with_the_result_and_continued_from_it(warm, tmp_path):
+    """The trained critic is part of PPO's result (value_head.safetensors beside the model, not inside
+    its weights), and PPO started from that result (model.path: RUN/model) begins with it; --resume
+    restores it from the checkpoint (test_kill_and_resume_is_exact compares value_loss)."""
+    from shutil import copytree
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import load_config
+    from tunesmith.errors import ConfigError
+    from tunesmith.objectives import get_objective
+
+    run = tmp_path / "ppo"
+    _rl(warm, run, "method=ppo", *PPO, "train.save_every=2", steps=2)
+    head = load_file(str(run / "model" / "value_head.safetensors"))
+    ckpt = load_file(str(run / "checkpoints" / "step-2" / "trainable.safetensors"))
+    assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0  # trained: it starts at zero
+    assert torch.equal(head["weight"], ckpt["value_head.weight"]) and torch.equal(head["bias"], ckpt["value_head.bias"])
+    assert not any(k.startswith("value_head") for k in _weights(run))
+
+    def wrapped(model_dir):
+        cfg = load_config(None, [f"model.path={model_dir}", f"data.train={warm[1]}", "method=ppo", "rl.rewards=[regex]",
+                                 "adapter.type=none"])
+        return get_objective("ppo", cfg).wrap(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+
+    assert torch.equal(wrapped(run / "model").value_head.weight.detach(), head["weight"])
+    assert wrapped(warm[0]).value_head.weight.abs().sum() == 0  # a plain model: a fresh critic
+    other = copytree(run / "model", tmp_path / "other")
+    save_file({"weight": torch.zeros(1, 3), "bias": torch.zeros(1)}, str(other / "value_head.safetensors"))
+    with pytest.raises(ConfigError, match="value_head.safetensors does not fit"):
+        wrapped(other)

@@ -24,7 +24,7 @@ from .kl import kl_per_token
 from .policy import CompletionLogps, score_tokens
 from .report import rl_report_sections, write_samples
 from .rewards import build_rewards, score_all
-from .rollout.generation import sample, step_seed
+from .rollout.generation import sample
 
 
 class OnlineRLObjective(Objective):
@@ -92,7 +92,8 @@ class OnlineRLObjective(Objective):
         prompts = [row for mb in micro_batches for row in mb for _ in range(G)]
         done = sample(policy.model, [p.ids for p in prompts], tokenizer=ctx.tokenizer, eos_ids=self.eos_ids,
                       pad_id=ctx.pad_id, max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
-                      top_p=self.rl.top_p, stop=self.rl.stop, seed=step_seed(self.cfg.train.seed, step, ctx.process_index))
+                      top_p=self.rl.top_p, stop=self.rl.stop, seed=self.cfg.train.seed, step=step,
+                      first_row=ctx.process_index * len(prompts))
         samples = [Sample(p.ids, c.ids, c.truncated) for p, c in zip(prompts, done)]
         texts = [ctx.tokenizer.decode(c.ids, skip_special_tokens=True) for c in done]
         self._score_tokens(policy, samples)
