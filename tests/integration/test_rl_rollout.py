@@ -40,7 +40,10 @@ def test_recomputed_logps_equal_the_samplers(model, tok, chunk):
     with torch.no_grad():
         flat = wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"])
         scored, entropy, _ = score_tokens(wrapper, batch)
+        again, fused_entropy = wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], entropy=True)
     got = unflatten(flat, batch["mask"])
+    # the training forward's entropy (from its chunked logits) is the rollout pass's
+    assert torch.equal(again, flat) and torch.allclose(fused_entropy, entropy, atol=1e-5)
     for b, c in enumerate(done):
         assert got[b, : len(c.ids)].tolist() == pytest.approx(c.sampler_logps, abs=2e-5)
     assert torch.allclose(scored, flat, atol=2e-5) and (entropy > 0).all()
