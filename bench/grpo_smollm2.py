@@ -22,8 +22,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 from arith_data import write  # noqa: E402
 
 
+def _from_checkpoint(model, ckpt: Path):
+    """The run's LoRA (its config.yaml) with the weights of a checkpoint's trainable.safetensors
+    (wrapper names: `model.` + the PEFT model's): a run stopped at its time budget is still measured."""
+    from safetensors.torch import load_file
+
+    from tunesmith.adapters import apply_adapter
+    from tunesmith.config import load_config
+
+    cfg = load_config(ckpt.parents[1] / "config.yaml", [])
+    peft = apply_adapter(model, cfg.adapter)
+    weights = {k.removeprefix("model."): v for k, v in load_file(str(ckpt / "trainable.safetensors")).items()}
+    missing = set(weights) - set(dict(peft.named_parameters()))
+    if missing:
+        raise SystemExit(f"{ckpt}: {len(missing)} weights do not fit the run's adapter, e.g. {sorted(missing)[:2]}")
+    peft.load_state_dict(weights, strict=False)
+    return peft
+
+
 @torch.no_grad()
 def accuracy(model_dir: str, adapter: str | None, rows: list[dict], max_new_tokens: int = 48) -> dict:
+    """Greedy held-out accuracy (answer = the number after `####`, else the last number) and format
+    rate. `adapter`: a PEFT adapter directory, or a run's checkpoints/step-N directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.evaluate.metrics import answers_match, extract_answer
@@ -31,7 +51,9 @@ def accuracy(model_dir: str, adapter: str | None, rows: list[dict], max_new_toke
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    if adapter:
+    if adapter and (Path(adapter) / "trainable.safetensors").is_file():
+        model = _from_checkpoint(model, Path(adapter))
+    elif adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
@@ -55,8 +77,14 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--held-out", type=int, default=50)
+    ap.add_argument("--checkpoint", help="only measure held-out accuracy of this checkpoints/step-N of a run in --out")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
+    if a.checkpoint:
+        _, test_file = write(Path(a.out + "-data"))
+        held = [json.loads(x) for x in test_file.read_text().splitlines()][: a.held_out]
+        print(json.dumps({"checkpoint": a.checkpoint, "after": accuracy(a.model, a.checkpoint, held)}))
+        return
     from tunesmith.train.metrics import read_metrics
     from tunesmith.train.run import train
 
