@@ -88,8 +88,11 @@ def test_accumulation_equals_one_micro_batch(warm, tmp_path):
     ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
     assert [r["reward"] for r in ra] == [r["reward"] for r in rb]
     assert [r["loss"] for r in ra] == pytest.approx([r["loss"] for r in rb], abs=1e-6)
+    assert [r["grad_norm"] for r in ra] == pytest.approx([r["grad_norm"] for r in rb], rel=1e-6)
+    # 2e-6 measured after 3 AdamW steps: fp32 rounding of the two micro-batch sums, which AdamW's
+    # normalisation magnifies where a gradient is ~0; a wrong normaliser moves weights by ~lr (1e-3)
     wa, wb = _weights(a), _weights(b)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
 @pytest.mark.parametrize("extra", [["method=grpo", "rl.num_iterations=2"],
