@@ -149,3 +149,33 @@ def test_ppo_value_head_is_saved_with_the_result_and_continued_from_it(warm, tmp
     save_file({"weight": torch.zeros(1, 3), "bias": torch.zeros(1)}, str(other / "value_head.safetensors"))
     with pytest.raises(ConfigError, match="value_head.safetensors does not fit"):
         wrapped(other)
+
+
+def test_ppo_raises_a_reward_models_score_with_bounded_kl(warm, tiny_dir, tmp_path):
+    """Issue 13 6c at tiny scale: a `method: reward` model trained to prefer "blue" to the other
+    colours, then PPO (LoRA policy on the warmed model) scored by it alone: the reward-model score
+    rises, and the KL penalty holds the policy nearer the base (adapter disabled): the KL over the
+    last 10 steps at beta 0.5 is below that of the same run at beta 0."""
+    pairs = tmp_path / "pairs.jsonl"
+    rng = random.Random(1)
+    pairs.write_text("".join(json.dumps({"prompt": "Name a color.", "chosen": "blue",
+                                         "rejected": rng.choice(["red", "green", "gold"])}) + "\n" for _ in range(64)))
+    train(None, [f"model.path={tiny_dir}", f"data.train={pairs}", "method=reward", "adapter.type=lora", "train.lr=3e-3",
+                 "train.max_steps=30", "train.micro_batch_size=8", "train.warmup_steps=0", f"output_dir={tmp_path / 'rm'}",
+                 *COMMON])
+
+    def ppo(beta):
+        out = tmp_path / f"ppo-{beta}"
+        train(None, [f"model.path={warm[0]}", f"data.train={warm[1]}", "method=ppo", "adapter.type=lora", "adapter.r=8",
+                     f"rl.rewards=[{{reward_model: {tmp_path / 'rm'}}}]", "rl.num_generations=4", "rl.max_new_tokens=6",
+                     f"rl.beta={beta}", "rl.kl_every=1", "train.lr=1e-3", "train.max_steps=40", "train.micro_batch_size=4",
+                     "train.warmup_steps=0", "train.scheduler=constant", f"output_dir={out}", *COMMON])
+        rec = read_metrics(out / "metrics.jsonl")
+        mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
+        return mean("reward", rec[:5]), mean("reward", rec[-5:]), mean("kl", rec[-10:]), [(round(r["reward"], 2), round(r["kl"], 3)) for r in rec]
+
+    first, last, kl, trace = ppo(0.5)
+    assert last > first + 1.0, str(trace)
+    free = ppo(0.0)
+    assert free[1] > free[0] + 1.0, str(free[3])
+    assert kl < free[2], (kl, free[2])
