@@ -7,7 +7,8 @@ which samples exactly softmax(logits / T) restricted to the nucleus), seeded by 
 the row's position in the step's global batch). So a completion depends on its prompt, the policy
 and where it sits in the step, not on how the step is split into micro-batches and processes (one
 process with accumulation samples what two processes sample), a resumed run samples exactly what
-the uninterrupted run sampled, and the training RNG stream is untouched. Only temperature and
+the uninterrupted run sampled (on the same kind of device: the noise is drawn where the logits
+are, and CPU and CUDA generators give different streams), and the training RNG stream is untouched. Only temperature and
 top-p shape the distribution: the model's generation_config (repetition penalty, top-k) is not
 applied, so the sampling distribution is the one the training forward's log-probs describe. A completion ends
 after EOS (kept: it is the token that ends the turn and it is trained like any other) or after the
@@ -41,7 +42,7 @@ class _RowSampler:
     def __init__(self, seeds: list[int], temperature: float, top_p: float):
         from transformers import TopPLogitsWarper
 
-        self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.seeds, self.gens = seeds, None
         self.temperature = temperature
         self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
 
@@ -49,7 +50,9 @@ class _RowSampler:
         z = scores.float() / self.temperature
         if self.top_p is not None:
             z = self.top_p(input_ids, z)
-        u = torch.stack([torch.rand(z.shape[1], generator=g, dtype=torch.float64) for g in self.gens]).to(z.device)
+        if self.gens is None:  # on the logits' device: no (B, V) noise crosses from the CPU per token
+            self.gens = [torch.Generator(device=z.device).manual_seed(s) for s in self.seeds]
+        u = torch.stack([torch.rand(z.shape[1], generator=g, dtype=torch.float64, device=z.device) for g in self.gens])
         gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))  # (B, V)
         return z + gumbel.to(z.dtype)
 
