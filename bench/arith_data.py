@@ -2,6 +2,11 @@
 
 `python bench/arith_data.py OUT_DIR` writes arith_train.jsonl (200 rows) and arith_test.jsonl (50
 held-out rows): {prompt, answer}; the gsm8k reward compares the number after `####` to `answer`.
+
+`prompt` is a message list with one worked example (a user turn and its `#### 7` answer) before the
+question. Why: SmolLM2-135M-Instruct never wrote `####` when the format was only described in the
+instruction (0 of 24 samples at temperature 1, four wordings tried); with the one example it does in
+~1 of 3 samples, and GRPO can reinforce only what the policy sometimes samples.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import random
 import sys
 from pathlib import Path
 
-TEMPLATE = "What is {a} + {b}? Think briefly, then give the final answer on its own line as '#### <number>'."
+TEMPLATE = "What is {a} + {b}? End with the final answer as '#### <number>'."
+EXAMPLE = [{"role": "user", "content": TEMPLATE.format(a=3, b=4)}, {"role": "assistant", "content": "3 + 4 = 7\n#### 7"}]
 
 
 def rows(n: int, seed: int) -> list[dict]:
@@ -19,7 +25,7 @@ def rows(n: int, seed: int) -> list[dict]:
     out = []
     for _ in range(n):
         a, b = rng.randint(1, 20), rng.randint(1, 20)
-        out.append({"prompt": TEMPLATE.format(a=a, b=b), "answer": str(a + b)})
+        out.append({"prompt": [*EXAMPLE, {"role": "user", "content": TEMPLATE.format(a=a, b=b)}], "answer": str(a + b)})
     return out
 
 

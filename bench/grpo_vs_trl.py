@@ -59,10 +59,11 @@ def worker_tunesmith(spec: dict) -> dict:
     from tunesmith.train.run import train
 
     base = baseline(spec["model_dir"])
-    times, rewards, peak = [], [], [0.0]
+    times, cpu, rewards, peak = [], [], [], [0.0]
 
     def on_step(step, record):
         times.append(time.perf_counter())
+        cpu.append(time.process_time())
         rewards.append(record["reward"])
         peak[0] = maxrss_mb()
 
@@ -73,8 +74,9 @@ def worker_tunesmith(spec: dict) -> dict:
            "train": {"max_steps": spec["steps"], "micro_batch_size": PROMPTS, "lr": LR, "scheduler": "constant",
                      "warmup_steps": 0, "precision": "fp32", "save_every": 0, "progress": False, "seed": 0},
            "output_dir": spec["run_dir"]}
+    cfg["rl"].update(spec.get("rl", {}))
     train(validate_config(cfg), overwrite=True, callbacks=[on_step])
-    return {"times": times, "rewards": rewards, "peak_mb": peak[0] - base}
+    return {"times": times, "cpu": cpu, "rewards": rewards, "peak_mb": peak[0] - base}
 
 
 def worker_trl(spec: dict) -> dict:
@@ -94,11 +96,12 @@ def worker_trl(spec: dict) -> dict:
                       bf16=False, fp16=False, use_cpu=True, seed=0, disable_tqdm=True, shuffle_dataset=False,
                       model_init_kwargs={"dtype": "float32"})
     lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    times, rewards, peak = [], [], [0.0]
+    times, cpu, rewards, peak = [], [], [], [0.0]
 
     class Timer(transformers.TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
             times.append(time.perf_counter())
+            cpu.append(time.process_time())
             peak[0] = maxrss_mb()
 
         def on_log(self, a, state, control, logs=None, **kw):
@@ -111,14 +114,16 @@ def worker_trl(spec: dict) -> dict:
     tok = transformers.AutoTokenizer.from_pretrained(spec["model_dir"])
     GRPOTrainer(model=spec["model_dir"], reward_funcs=[length], args=args, train_dataset=ds, processing_class=tok,
                 peft_config=lora, callbacks=[Timer()]).train()
-    return {"times": times, "rewards": rewards, "peak_mb": peak[0] - base}
+    return {"times": times, "cpu": cpu, "rewards": rewards, "peak_mb": peak[0] - base}
 
 
 def summarise(r: dict, steps: int) -> dict:
     t = r["times"]
     dt = t[-1] - t[1]
     per_step = PROMPTS * G
+    c = r["cpu"]
     return {"completions_per_s": round(per_step * (len(t) - 2) / dt, 2), "s_per_step": round(dt / (len(t) - 2), 3),
+            "cpu_s_per_step": round((c[-1] - c[1]) / (len(c) - 2), 3),
             "peak_mb": round(r["peak_mb"], 1), "reward_first3": round(sum(r["rewards"][:3]) / 3, 3),
             "reward_last3": round(sum(r["rewards"][-3:]) / 3, 3), "rewards": [round(x, 3) for x in r["rewards"]]}
 
@@ -129,6 +134,9 @@ def main() -> None:
     ap.add_argument("--model")
     ap.add_argument("--worker")
     ap.add_argument("--spec")
+    ap.add_argument("--only", choices=["tunesmith", "trl"], help="run one framework (CPU-time checks of a change)")
+    ap.add_argument("--rl", nargs="*", default=[], help="tunesmith rl.KEY=VALUE settings, e.g. kl_every=0")
+    ap.add_argument("--tag", default="", help="results/grpo_vs_trl{-TAG}.json")
     a = ap.parse_args()
     if a.worker:
         spec = json.loads(Path(a.spec).read_text())
@@ -147,17 +155,23 @@ def main() -> None:
     data = tmp / "prompts.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"Write a line about the {w}."}) + "\n" for w in WORDS * 8))
     results = {}
-    for name in ("tunesmith", "trl"):
+    import yaml
+
+    rl = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.rl)}
+    for name in [a.only] if a.only else ["tunesmith", "trl"]:
         spec = {"model_dir": model, "data": str(data), "steps": a.steps, "run_dir": str(tmp / f"run-{name}"),
-                "out": str(tmp / f"{name}.json")}
+                "out": str(tmp / f"{name}.json"), "rl": rl}
         (tmp / f"{name}-spec.json").write_text(json.dumps(spec))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         subprocess.run([sys.executable, __file__, "--worker", name, "--spec", str(tmp / f"{name}-spec.json")], check=True, env=env)
         results[name] = summarise(json.loads(Path(spec["out"]).read_text()), a.steps)
         print(name, json.dumps(results[name]), flush=True)
-    results["speedup"] = round(results["tunesmith"]["completions_per_s"] / results["trl"]["completions_per_s"], 2)
-    RESULTS_JSON.parent.mkdir(exist_ok=True)
-    RESULTS_JSON.write_text(json.dumps(results, indent=1))
+    if not a.only:
+        results["speedup"] = round(results["tunesmith"]["completions_per_s"] / results["trl"]["completions_per_s"], 2)
+        results["cpu_speedup"] = round(results["trl"]["cpu_s_per_step"] / results["tunesmith"]["cpu_s_per_step"], 2)
+    out = RESULTS_JSON.with_name(f"grpo_vs_trl-{a.tag}.json") if a.tag else RESULTS_JSON
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
 
 

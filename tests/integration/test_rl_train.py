@@ -88,8 +88,11 @@ def test_accumulation_equals_one_micro_batch(warm, tmp_path):
     ra, rb = read_metrics(a / "metrics.jsonl"), read_metrics(b / "metrics.jsonl")
     assert [r["reward"] for r in ra] == [r["reward"] for r in rb]
     assert [r["loss"] for r in ra] == pytest.approx([r["loss"] for r in rb], abs=1e-6)
+    assert [r["grad_norm"] for r in ra] == pytest.approx([r["grad_norm"] for r in rb], rel=1e-6)
+    # 2e-6 measured after 3 AdamW steps: fp32 rounding of the two micro-batch sums, which AdamW's
+    # normalisation magnifies where a gradient is ~0; a wrong normaliser moves weights by ~lr (1e-3)
     wa, wb = _weights(a), _weights(b)
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
 
 @pytest.mark.parametrize("extra", [["method=grpo", "rl.num_iterations=2"],
@@ -112,3 +115,67 @@ def test_kill_and_resume_is_exact(warm, tmp_path, extra):
     assert rf[3]["clip_fraction"] >= 0  # step 4 reuses step 3's generations (num_iterations 2)
     wf, wc = _weights(full), _weights(cut)
     assert all(torch.equal(wf[k], wc[k]) for k in wf)
+
+
+def test_ppo_value_head_is_saved_with_the_result_and_continued_from_it(warm, tmp_path):
+    """The trained critic is part of PPO's result (value_head.safetensors beside the model, not inside
+    its weights), and PPO started from that result (model.path: RUN/model) begins with it; --resume
+    restores it from the checkpoint (test_kill_and_resume_is_exact compares value_loss)."""
+    from shutil import copytree
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.config import load_config
+    from tunesmith.errors import ConfigError
+    from tunesmith.objectives import get_objective
+
+    run = tmp_path / "ppo"
+    _rl(warm, run, "method=ppo", *PPO, "train.save_every=2", steps=2)
+    head = load_file(str(run / "model" / "value_head.safetensors"))
+    ckpt = load_file(str(run / "checkpoints" / "step-2" / "trainable.safetensors"))
+    assert set(head) == {"weight", "bias"} and head["weight"].abs().sum() > 0  # trained: it starts at zero
+    assert torch.equal(head["weight"], ckpt["value_head.weight"]) and torch.equal(head["bias"], ckpt["value_head.bias"])
+    assert not any(k.startswith("value_head") for k in _weights(run))
+
+    def wrapped(model_dir):
+        cfg = load_config(None, [f"model.path={model_dir}", f"data.train={warm[1]}", "method=ppo", "rl.rewards=[regex]",
+                                 "adapter.type=none"])
+        return get_objective("ppo", cfg).wrap(AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32))
+
+    assert torch.equal(wrapped(run / "model").value_head.weight.detach(), head["weight"])
+    assert wrapped(warm[0]).value_head.weight.abs().sum() == 0  # a plain model: a fresh critic
+    other = copytree(run / "model", tmp_path / "other")
+    save_file({"weight": torch.zeros(1, 3), "bias": torch.zeros(1)}, str(other / "value_head.safetensors"))
+    with pytest.raises(ConfigError, match="value_head.safetensors does not fit"):
+        wrapped(other)
+
+
+def test_ppo_raises_a_reward_models_score_with_bounded_kl(warm, tiny_dir, tmp_path):
+    """Issue 13 6c at tiny scale: a `method: reward` model trained to prefer "blue" to the other
+    colours, then PPO (LoRA policy on the warmed model) scored by it alone: the reward-model score
+    rises, and the KL penalty holds the policy nearer the base (adapter disabled): the KL over the
+    last 10 steps at beta 0.5 is below that of the same run at beta 0."""
+    pairs = tmp_path / "pairs.jsonl"
+    rng = random.Random(1)
+    pairs.write_text("".join(json.dumps({"prompt": "Name a color.", "chosen": "blue",
+                                         "rejected": rng.choice(["red", "green", "gold"])}) + "\n" for _ in range(64)))
+    train(None, [f"model.path={tiny_dir}", f"data.train={pairs}", "method=reward", "adapter.type=lora", "train.lr=3e-3",
+                 "train.max_steps=30", "train.micro_batch_size=8", "train.warmup_steps=0", f"output_dir={tmp_path / 'rm'}",
+                 *COMMON])
+
+    def ppo(beta):
+        out = tmp_path / f"ppo-{beta}"
+        train(None, [f"model.path={warm[0]}", f"data.train={warm[1]}", "method=ppo", "adapter.type=lora", "adapter.r=8",
+                     f"rl.rewards=[{{reward_model: {tmp_path / 'rm'}}}]", "rl.num_generations=4", "rl.max_new_tokens=6",
+                     f"rl.beta={beta}", "rl.kl_every=1", "train.lr=1e-3", "train.max_steps=40", "train.micro_batch_size=4",
+                     "train.warmup_steps=0", "train.scheduler=constant", f"output_dir={out}", *COMMON])
+        rec = read_metrics(out / "metrics.jsonl")
+        mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
+        return mean("reward", rec[:5]), mean("reward", rec[-5:]), mean("kl", rec[-10:]), [(round(r["reward"], 2), round(r["kl"], 3)) for r in rec]
+
+    first, last, kl, trace = ppo(0.5)
+    assert last > first + 1.0, str(trace)
+    free = ppo(0.0)
+    assert free[1] > free[0] + 1.0, str(free[3])
+    assert kl < free[2], (kl, free[2])

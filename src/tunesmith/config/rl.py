@@ -44,6 +44,9 @@ class RLConfig(BaseModel):
     num_iterations: int = Field(1, ge=1, description="Optimizer steps per generation batch (mu in the GRPO paper).")
     mask_truncated: bool = Field(False, description="Completions cut at max_new_tokens get no loss (DAPO overlong filtering).")
     samples_every: int = Field(10, ge=0, description="Write prompts, completions and rewards to samples.jsonl every N steps (0: never).")
+    kl_every: int = Field(10, ge=0, description=(
+        "At beta 0 the reference (the base, adapter disabled) only gives the logged `kl`: run its forward every N "
+        "steps (1: every step; 0: never). With beta > 0 (or PPO's kl_target) it runs every step, as training needs it."))
     # PPO
     gamma: float = Field(1.0, ge=0.0, le=1.0, description="PPO: discount.")
     lam: float = Field(0.95, ge=0.0, le=1.0, description="PPO: GAE lambda.")

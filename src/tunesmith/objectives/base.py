@@ -7,8 +7,13 @@ which method is training (DESIGN principle 2). In the order a run calls them:
     head                      class attribute, read once by run.py: "causal" (a language-model head)
                               or "score" (a scalar sequence-classification head, reward models)
     prepare_data(tok, seed)   -> PreparedData: train/eval rows of whatever type this objective reads
-    wrap(model)               -> nn.Module: the module the loop trains, DDP/FSDP wrap, checkpoints
-                              save; its parameters are the model's (no new trainable ones)
+    wrap(model)               -> nn.Module: the module the loop trains: DDP/FSDP wrap it, the
+                              optimizer steps its trainable parameters and checkpoints save them.
+                              It holds the model as `.model` (what the result saves) and may add
+                              trainable parameters of its own (PPO's value head): those are
+                              optimized and checkpointed too, but not counted in the run's
+                              "trainable of total" line and saved with the result only through
+                              `result_tensors`
     setup(ctx)                once, after wrap and before FSDP sharding, DDP wrapping and checkpoint
                               restore: reference models, precomputed reference log-probs, reward
                               models to score rollouts with (`SetupContext`)
@@ -38,6 +43,8 @@ which method is training (DESIGN principle 2). In the order a run calls them:
     state_dict() / load_state_dict(d)   the objective's own JSON-able state (an adaptive KL
                               coefficient), saved in each checkpoint's state.json and restored on --resume
     -- after training --
+    result_tensors(wrapper)   -> {file: tensors}: safetensors files saved into the result directory
+                              beside the adapter / model (PPO's value head); none by default
     report_sections(run_dir)  -> [(title, markdown)]: the objective's part of report.md
 
 Evaluation runs `collate` and `step` over the eval rows (no rollout): an online-RL objective's eval
@@ -112,6 +119,12 @@ class Objective:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what `state_dict` returned."""
+
+    def result_tensors(self, wrapper: nn.Module, full_state: dict | None = None) -> dict[str, dict[str, torch.Tensor]]:
+        """{file name: tensors} the objective adds to the result directory (adapter/ or model/) as
+        safetensors files: what it trained besides the model (PPO's value head). `full_state`: the
+        gathered state dict of a sharded wrapper (FSDP), keyed by the wrapper's parameter names."""
+        return {}
 
     def report_sections(self, run_dir: Path) -> list[tuple[str, str]]:
         return []

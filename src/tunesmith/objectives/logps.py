@@ -24,8 +24,10 @@ from ..train.forward import base_causal_lm
 
 
 def fused_linear_token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
-                             chunk_size: int = 1024) -> Tensor:
-    """log softmax(hidden @ weight.T + bias)[i, targets[i]] for every row: (N, H), (V, H), (N,) -> (N,) fp32."""
+                             chunk_size: int = 1024, entropy_out: Tensor | None = None) -> Tensor:
+    """log softmax(hidden @ weight.T + bias)[i, targets[i]] for every row: (N, H), (V, H), (N,) -> (N,) fp32.
+    `entropy_out` (N,): filled with each row's entropy (no gradient) from the same chunked logits, so
+    online RL logs the policy's entropy without a second pass over the vocabulary projection."""
     if hidden.dim() != 2 or hidden.shape[1] != weight.shape[1] or targets.shape != hidden.shape[:1]:
         raise ValueError(f"hidden (N, H), weight (V, H), targets (N,); got {tuple(hidden.shape)}, {tuple(weight.shape)}, {tuple(targets.shape)}")
     device_type = hidden.device.type
@@ -36,7 +38,7 @@ def fused_linear_token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, bi
     with torch.autocast(device_type, enabled=False):
         # The same logits budget as the SFT loss: a 128k vocabulary gets ~500-row chunks.
         rows = max(1, min(chunk_size, losses.CHUNK_ELEMENTS // weight.shape[0]))
-        return _TokenLogps.apply(hidden, weight, bias, targets.long(), rows, torch.is_grad_enabled())
+        return _TokenLogps.apply(hidden, weight, bias, targets.long(), rows, torch.is_grad_enabled(), entropy_out)
 
 
 def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -46,7 +48,7 @@ def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
 
 class _TokenLogps(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk_size, grad_enabled):
+    def forward(ctx, hidden, weight, bias, targets, chunk_size, grad_enabled, entropy_out=None):
         need_h, need_w, need_b = (grad_enabled and n for n in ctx.needs_input_grad[:3])
         out = torch.empty(hidden.shape[0], dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
         # Frozen head: d logp_i / d h_i = (onehot - softmax)_i @ W is known now; keep it (N, H), not the logits.
@@ -56,6 +58,8 @@ class _TokenLogps(torch.autograd.Function):
             z = _chunk_logits(h, weight, bias)
             lse = torch.logsumexp(z, dim=-1)
             out[s : s + chunk_size] = z.gather(1, t[:, None]).squeeze(1) - lse
+            if entropy_out is not None:  # H = lse - sum_v p_v z_v, before z is overwritten below
+                entropy_out[s : s + chunk_size] = lse - (torch.softmax(z, dim=-1) * z).sum(-1)
             if dh is not None:
                 g = z.sub_(lse[:, None]).exp_().neg_()  # -softmax
                 g[torch.arange(len(t), device=g.device), t] += 1
@@ -71,7 +75,7 @@ class _TokenLogps(torch.autograd.Function):
     def backward(ctx, grad_out):
         if ctx.mode == "saved":
             (dh,) = ctx.saved_tensors
-            return dh * grad_out[:, None].to(dh.dtype), None, None, None, None, None
+            return dh * grad_out[:, None].to(dh.dtype), None, None, None, None, None, None
         hidden, weight, bias, targets = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         gh = torch.empty_like(hidden) if need_h else None
@@ -91,7 +95,7 @@ class _TokenLogps(torch.autograd.Function):
             if need_b:
                 gb.add_(g.sum(0))
         return (gh, gw.to(weight.dtype) if gw is not None else None, gb.to(bias.dtype) if gb is not None else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def segment_sums(token_logps: Tensor, seq_index: Tensor, n_seqs: int) -> tuple[Tensor, Tensor]:

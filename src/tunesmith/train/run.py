@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors.torch import save_file
 
 from ..adapters import adapter_warnings, apply_adapter, closed_form_trainable, save_adapter
 from ..config import RunConfig, load_config
@@ -127,10 +128,12 @@ def _peak_memory(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dict | None = None) -> Path:
+def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dict | None = None,
+                extra: dict[str, dict] | None = None) -> Path:
     """adapter/ (PEFT format) or model/ (safetensors in the storage dtype), with the tokenizer and its
     chat template, written into a temp dir and renamed into place. `full_state`: the gathered state
-    dict of a sharded (FSDP) model, whose own parameters are only this rank's shards."""
+    dict of a sharded (FSDP) model, whose own parameters are only this rank's shards. `extra`: the
+    objective's own files ({name: tensors}, e.g. PPO's value_head.safetensors), saved beside them."""
     name = "model" if cfg.adapter.type == "none" else "adapter"
     final, tmp = run_dir / name, sibling(run_dir / name, "tmp")
     clean_stale(final)  # a .tmp of a save that was killed
@@ -141,6 +144,8 @@ def save_result(cfg: RunConfig, model, tokenizer, run_dir: Path, full_state: dic
     else:
         save_adapter(model, tmp, full_state)
     tokenizer.save_pretrained(tmp)
+    for fname, tensors in (extra or {}).items():
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp / fname))
     apply_umask(tmp)
     swap_in(tmp, final)  # a result from before (a resumed run) is deleted only once the new one is in
     return final
@@ -318,9 +323,11 @@ def finish(run: Run, final_eval: float, final_metrics: dict) -> dict:
     cfg, acc, state, run_dir, wrapper = run.cfg, run.acc, run.state, run.run_dir, run.parts.model
     model = acc.unwrap_model(wrapper).model
     # A sharded model is gathered into full tensors first (a collective: every rank calls it).
-    full_state = None
+    full_state, wrapper_state = None, None
     if fsdp.is_sharded(wrapper):
-        full_state = {k.removeprefix("model."): v for k, v in fsdp.full_model_state(acc.unwrap_model(wrapper)).items()}
+        wrapper_state = fsdp.full_model_state(acc.unwrap_model(wrapper))
+        # The model's own keys only: the wrapper's (PPO's value head) go to the objective's result_tensors.
+        full_state = {k.removeprefix("model."): v for k, v in wrapper_state.items() if k.startswith("model.")}
     acc.wait_for_everyone()
     summary = {
         "name": run_dir.name, "method": cfg.method, "model": cfg.model.path,
@@ -335,7 +342,8 @@ def finish(run: Run, final_eval: float, final_metrics: dict) -> dict:
 
         summary.update(after_run(run.estimate, acc.device))  # predicted_peak_bytes, measured_peak_bytes, estimate_error
     if acc.is_main_process:
-        summary["output"] = str(save_result(cfg, model, run.tokenizer, run_dir, full_state))
+        extra = run.objective.result_tensors(acc.unwrap_model(wrapper), wrapper_state)
+        summary["output"] = str(save_result(cfg, model, run.tokenizer, run_dir, full_state, extra))
         summary["sections"] = run.objective.report_sections(run_dir)  # e.g. the preference curves and table
         write_report(run_dir, summary)
         say(f"done: {state.stop_reason}; final loss {state.last_loss:.4f}; result in {summary['output']}; report {run_dir / 'report.md'}")

@@ -42,7 +42,9 @@ def _messages(data: dict, where: str, fmt: str) -> list[dict]:
             raise RowError(where, "empty 'prompt'", expected="non-empty text")
         return [{"role": "user", "content": prompt}]
     if isinstance(prompt, list):
-        data = {"messages": prompt}
+        # A conversation ending in the user turn to answer (few-shot turns before it allowed); the
+        # messages format wants a final assistant turn, so a placeholder is added and removed below.
+        data = {"messages": [*prompt, {"role": "assistant", "content": "-"}]}
     elif prompt is not None:
         raise RowError(where, "'prompt' is neither text nor a message list")
     if fmt == "auto":

@@ -47,7 +47,8 @@ class GRPOObjective(OnlineRLObjective):
 
     def step(self, model, batch: dict):
         mask = batch["mask"]
-        logps = unflatten(model(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"]), mask)
+        flat, entropy = model(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], entropy=True)
+        logps = unflatten(flat, mask)
         old = batch["old_logps"] if self.reuse() > 1 else logps.detach()
         per_token, clipped = clipped_surrogate(logps, old, batch["advantage"][:, None].to(logps.dtype),
                                                self.rl.epsilon, self.rl.clip_high())
@@ -55,4 +56,4 @@ class GRPOObjective(OnlineRLObjective):
             per_token = per_token + self.rl.beta * kl_per_token(logps, batch["ref_logps"], self.rl.kl_estimator)
         train_mask = mask & batch["train"][:, None]
         loss = aggregate(per_token, train_mask, self.rl.loss_type, self.rl.max_new_tokens)
-        return loss, self.metrics_of(batch, train_mask, logps, clipped)
+        return loss, self.metrics_of(batch, train_mask, logps, clipped, unflatten(entropy, mask))

@@ -24,7 +24,7 @@ from .kl import kl_per_token
 from .policy import CompletionLogps, score_tokens
 from .report import rl_report_sections, write_samples
 from .rewards import build_rewards, score_all
-from .rollout.generation import sample, step_seed
+from .rollout.generation import sample
 
 
 class OnlineRLObjective(Objective):
@@ -92,10 +92,11 @@ class OnlineRLObjective(Objective):
         prompts = [row for mb in micro_batches for row in mb for _ in range(G)]
         done = sample(policy.model, [p.ids for p in prompts], tokenizer=ctx.tokenizer, eos_ids=self.eos_ids,
                       pad_id=ctx.pad_id, max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
-                      top_p=self.rl.top_p, stop=self.rl.stop, seed=step_seed(self.cfg.train.seed, step, ctx.process_index))
+                      top_p=self.rl.top_p, stop=self.rl.stop, seed=self.cfg.train.seed, step=step,
+                      first_row=ctx.process_index * len(prompts))
         samples = [Sample(p.ids, c.ids, c.truncated) for p, c in zip(prompts, done)]
         texts = [ctx.tokenizer.decode(c.ids, skip_special_tokens=True) for c in done]
-        self._score_tokens(policy, samples)
+        self._score_tokens(policy, samples, step)
         columns = {k: [p.columns.get(k) for p in prompts] for k in {k for p in prompts for k in p.columns}}
         columns["prompt_messages"] = [p.messages for p in prompts]
         total, per = score_all(self.rewards, self.rl.weights(), [p.text for p in prompts], texts, columns)
@@ -111,9 +112,22 @@ class OnlineRLObjective(Objective):
         bounds = [sum(per_mb[:i]) for i in range(len(per_mb) + 1)]
         return [samples[bounds[i]: bounds[i + 1]] for i in range(len(per_mb))]
 
-    def _score_tokens(self, policy, samples: list[Sample]) -> None:
+    def _passes(self, step: int) -> tuple[bool, bool]:
+        """(policy pass, reference pass) this rollout needs. The policy's rollout-time log-probs are
+        needed only when the step cannot recompute them: a reused batch (num_iterations / ppo_epochs > 1:
+        the ratio's old log-probs), PPO (its values and per-token KL penalty) and the KL subtracted from
+        the reward; at num_iterations 1 they equal the training forward's, detached. The reference runs
+        when training uses it (beta > 0), else only every `rl.kl_every` steps, for the logged `kl`."""
+        policy = self.value_head or self.reuse() > 1 or (self.rl.beta > 0 and self.rl.kl_in == "reward")
+        ref = self.needs_reference() or (self.rl.kl_every > 0 and step % self.rl.kl_every == 0)
+        return policy, ref
+
+    def _score_tokens(self, policy, samples: list[Sample], step: int) -> None:
         """Rollout-time log-probs, entropy (and values) of the policy and the reference's log-probs,
-        one micro-batch-sized chunk at a time, under the run's autocast."""
+        as far as `_passes` asks for them, one micro-batch-sized chunk at a time, under the run's autocast."""
+        need_policy, need_ref = self._passes(step)
+        if not (need_policy or need_ref):
+            return
         n = max(1, self.cfg.train.micro_batch_size * self.rl.num_generations)
         was_training = policy.training
         policy.eval()
@@ -122,14 +136,16 @@ class OnlineRLObjective(Objective):
                 rows = samples[s : s + n]
                 batch = {k: v.to(self.ctx.device) for k, v in collate_samples(rows, self.ctx.pad_id).items()}
                 with self.ctx.autocast():
-                    logps, ent, values = score_tokens(policy, batch)
-                    ref = self._ref_logps(policy, batch)
-                self._store(rows, batch["mask"], "old_logps", logps)
-                self._store(rows, batch["mask"], "entropy", ent)
+                    logps, ent, values = score_tokens(policy, batch) if need_policy else (None, None, None)
+                    ref = self._ref_logps(policy, batch) if need_ref else None
+                if logps is not None:
+                    self._store(rows, batch["mask"], "old_logps", logps)
+                    self._store(rows, batch["mask"], "entropy", ent)
                 if values is not None:
                     self._store(rows, batch["mask"], "old_values", values)
                 if ref is not None:
                     self._store(rows, batch["mask"], "ref_logps", ref)
+                if ref is not None and logps is not None:
                     kl = kl_per_token(logps, ref, self.rl.kl_estimator)
                     for r, k in zip(rows, unflatten(kl, batch["mask"]).sum(1).tolist()):
                         r.kl = k
@@ -155,14 +171,17 @@ class OnlineRLObjective(Objective):
     def advantages(self, samples: list[Sample]) -> None:
         raise NotImplementedError
 
-    def metrics_of(self, batch: dict, mask, logps, clipped) -> dict:
-        """Per-step signals from the rows (loop adds sums and counts over micro-batches and processes)."""
+    def metrics_of(self, batch: dict, mask, logps, clipped, entropy=None) -> dict:
+        """Per-step signals from the rows (loop adds sums and counts over micro-batches and processes).
+        `entropy` (B, C): the training forward's; else the rollout's, when that pass ran."""
         B, n_tok = len(batch["reward"]), int(batch["mask"].sum())
         s = lambda t: float(t.detach().float().sum())  # noqa: E731
         m = {"reward": (s(batch["reward"]), B), "reward_std": (s(batch["reward_std"]), B),
              "zero_std_fraction": (s(batch["zero_std"]), B), "truncated_fraction": (s(batch["truncated"]), B),
-             "completion_length": (s(batch["mask"]), B), "entropy": (s(batch["entropy"] * batch["mask"]), n_tok),
-             "clip_fraction": (s(clipped & mask), max(1, int(mask.sum())))}
+             "completion_length": (s(batch["mask"]), B), "clip_fraction": (s(clipped & mask), max(1, int(mask.sum())))}
+        entropy = entropy if entropy is not None else batch.get("entropy")
+        if entropy is not None:
+            m["entropy"] = (s(entropy * batch["mask"]), n_tok)
         for k in batch:
             if k.startswith("rewards/"):
                 m[k] = (s(batch[k]), B)

@@ -23,19 +23,23 @@ def _hidden(model, input_ids: Tensor, position_ids: Tensor, src: Tensor) -> Tens
     return out.last_hidden_state.flatten(0, 1).index_select(0, src)  # (N, H)
 
 
-def _head_logps(model, hidden: Tensor, tgt: Tensor, temperature: float, chunk_size: int) -> Tensor:
+def _head_logps(model, hidden: Tensor, tgt: Tensor, temperature: float, chunk_size: int,
+                entropy_out: Tensor | None = None) -> Tensor:
     head = base_causal_lm(model).get_output_embeddings()
     if type(head) is nn.Linear:
         bias = head.bias / temperature if head.bias is not None else None
-        return fused_linear_token_logps(hidden / temperature, head.weight, tgt, bias, chunk_size)
+        return fused_linear_token_logps(hidden / temperature, head.weight, tgt, bias, chunk_size, entropy_out)
     # A LoRA-wrapped head: its own forward over the selected rows only, (N, V) at once.
-    logits = head(hidden).float() / temperature
-    return logits.log_softmax(-1).gather(1, tgt[:, None]).squeeze(1)
+    logp = (head(hidden).float() / temperature).log_softmax(-1)
+    if entropy_out is not None:
+        entropy_out.copy_(-(logp.detach().exp() * logp.detach()).sum(-1))
+    return logp.gather(1, tgt[:, None]).squeeze(1)
 
 
 class CompletionLogps(nn.Module):
     """(input_ids, position_ids, src, tgt) -> (N,) log-probs of the completion tokens; with a value
-    head, also (N,) values of the states before each completion token (PPO)."""
+    head, also (N,) values of the states before each completion token (PPO). `entropy=True` adds the
+    (N,) entropies of the sampling distribution (no gradient), computed from the same chunked logits."""
 
     def __init__(self, model: nn.Module, chunk_size: int, temperature: float, value_head: bool = False):
         super().__init__()
@@ -50,12 +54,14 @@ class CompletionLogps(nn.Module):
         else:
             self.value_head = None
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, src: Tensor, tgt: Tensor):
+    def forward(self, input_ids: Tensor, position_ids: Tensor, src: Tensor, tgt: Tensor, entropy: bool = False):
         hidden = _hidden(self.model, input_ids, position_ids, src)
-        logps = _head_logps(self.model, hidden, tgt, self.temperature, self.chunk_size)
-        if self.value_head is None:
-            return logps
-        return logps, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        ent = torch.empty(len(tgt), dtype=torch.float32, device=hidden.device) if entropy else None
+        logps = _head_logps(self.model, hidden, tgt, self.temperature, self.chunk_size, ent)
+        out = (logps,) if self.value_head is None else (logps, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float())
+        if entropy:
+            out = (*out, ent)
+        return out[0] if len(out) == 1 else out
 
 
 @torch.no_grad()

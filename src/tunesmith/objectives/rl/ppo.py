@@ -4,21 +4,30 @@ Rollout: sample completions, score each with the rewards (typically `{reward_mod
 and build per-token rewards: -beta * KL_t at every completion token, plus the score at the last real
 token. beta is fixed, or adapted toward `rl.kl_target` by `AdaptiveKLController` (its value is
 checkpointed through the objective's state hook). Values come from a scalar value head on the
-policy's last hidden state (a trainable Linear in the wrapper: checkpointed, not part of the saved
-adapter or model, since only the policy is the result). GAE gives per-token advantages (optionally
+policy's last hidden state (a trainable Linear in the wrapper): it is in every checkpoint (restored
+by --resume), and saved with the result as `value_head.safetensors` beside the adapter / model, so
+that PPO continued from a full fine-tuning result (`model.path: RUN/model`) starts with the trained
+critic instead of a zero one. GAE gives per-token advantages (optionally
 whitened over the batch) and returns. The step: clipped surrogate + vf_coef * clipped value loss,
 token-level over the step's completion tokens; the same rollout batch serves `ppo_epochs` steps.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+from safetensors.torch import load_file
 
 from .advantages import gae, whiten
 from .batch import Sample, unflatten
 from .kl import AdaptiveKLController, kl_per_token
 from .losses import clipped_surrogate, clipped_value_loss
+from ...console import say
+from ...errors import ConfigError
 from .online import OnlineRLObjective
+
+VALUE_HEAD_FILE = "value_head.safetensors"
 
 
 class PPOObjective(OnlineRLObjective):
@@ -33,6 +42,25 @@ class PPOObjective(OnlineRLObjective):
 
     def reuse(self) -> int:
         return self.rl.ppo_epochs
+
+    def wrap(self, model):
+        wrapper = super().wrap(model)
+        saved = Path(self.cfg.model.path) / VALUE_HEAD_FILE
+        if saved.is_file():  # model.path is a PPO result: continue with its critic
+            tensors = load_file(str(saved))
+            head = wrapper.value_head
+            want = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+            if {k: tuple(v.shape) for k, v in tensors.items()} != want:
+                raise ConfigError(f"{saved} does not fit this model's value head {want}; it was saved for another "
+                                  "model: remove it (the value head then starts from zero) or point model.path elsewhere")
+            head.load_state_dict(tensors)
+            say(f"ppo: value head loaded from {saved}")
+        return wrapper
+
+    def result_tensors(self, wrapper, full_state=None) -> dict:
+        if full_state is not None:
+            return {VALUE_HEAD_FILE: {k.removeprefix("value_head."): v for k, v in full_state.items() if k.startswith("value_head.")}}
+        return {VALUE_HEAD_FILE: dict(wrapper.value_head.state_dict())}
 
     def state_dict(self) -> dict:
         return {"kl_ctl": self.kl_ctl.state_dict()}

@@ -93,7 +93,9 @@ class RewardModelReward:
         from ...score import _encode, score_ids
 
         msgs = prompt_messages or [[{"role": "user", "content": p}] for p in prompts]
-        seqs = [_encode(self.tok, m, c, "rollout") for m, c in zip(msgs, completions)]
+        # The completion as the assistant turn, rendered with the reward model's own template, as
+        # `tunesmith score` renders a {prompt, response} row.
+        seqs = [_encode(self.tok, m, [{"role": "assistant", "content": c}], "rollout") for m, c in zip(msgs, completions)]
         return score_ids(self.model, seqs, self.pad_id).tolist()
 
 

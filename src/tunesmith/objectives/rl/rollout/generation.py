@@ -1,9 +1,16 @@
 """Batched sampling of completions with the policy being trained, inside the training loop.
 
-Prompts are left-padded into one batch and sampled with transformers' `generate` (KV cache on,
-whatever the training config says about `use_cache`), in eval mode (no dropout), under a seed
-derived from (run seed, step, process), inside `fork_rng` so the training RNG stream is untouched:
-a resumed run samples exactly the completions the uninterrupted run sampled. A completion ends
+Prompts are left-padded into one batch and decoded with transformers' `generate` (KV cache on,
+whatever the training config says about `use_cache`), in eval mode (no dropout). Each row draws its
+tokens with its own generator (Gumbel-max: argmax(logits / T + Gumbel noise), top-p applied first,
+which samples exactly softmax(logits / T) restricted to the nucleus), seeded by (run seed, step,
+the row's position in the step's global batch). So a completion depends on its prompt, the policy
+and where it sits in the step, not on how the step is split into micro-batches and processes (one
+process with accumulation samples what two processes sample), a resumed run samples exactly what
+the uninterrupted run sampled (on the same kind of device: the noise is drawn where the logits
+are, and CPU and CUDA generators give different streams), and the training RNG stream is untouched. Only temperature and
+top-p shape the distribution: the model's generation_config (repetition penalty, top-k) is not
+applied, so the sampling distribution is the one the training forward's log-probs describe. A completion ends
 after EOS (kept: it is the token that ends the turn and it is trained like any other) or after the
 first stop string (cut there), or is truncated at max_new_tokens.
 """
@@ -22,8 +29,32 @@ class Completion:
     sampler_logps: list[float] | None = None  # log softmax(logits / T) of the sampled tokens (tests)
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    return (seed * 1_000_003 + step * 7919 + rank * 104_729) % (2**63 - 1)
+def step_seed(seed: int, step: int, row: int) -> int:
+    """The generator seed of completion `row` (its position in the step's global batch) at `step`."""
+    return (seed * 1_000_003 + step * 7919 + row * 104_729) % (2**63 - 1)
+
+
+class _RowSampler:
+    """A logits processor that turns greedy decoding into sampling with one generator per row:
+    argmax(z + g), g ~ Gumbel(0, 1) i.i.d., is a sample of softmax(z) (the Gumbel-max trick), with
+    z = logits / T and the tokens outside the top-p nucleus at -inf."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        from transformers import TopPLogitsWarper
+
+        self.seeds, self.gens = seeds, None
+        self.temperature = temperature
+        self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        z = scores.float() / self.temperature
+        if self.top_p is not None:
+            z = self.top_p(input_ids, z)
+        if self.gens is None:  # on the logits' device: no (B, V) noise crosses from the CPU per token
+            self.gens = [torch.Generator(device=z.device).manual_seed(s) for s in self.seeds]
+        u = torch.stack([torch.rand(z.shape[1], generator=g, dtype=torch.float64, device=z.device) for g in self.gens])
+        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))  # (B, V)
+        return z + gumbel.to(z.dtype)
 
 
 def _cut_at_stop(ids: list[int], stop: list[str], tokenizer) -> int | None:
@@ -48,31 +79,34 @@ def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tens
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], *, tokenizer, eos_ids: list[int], pad_id: int, max_new_tokens: int,
-           temperature: float, top_p: float, stop: list[str], seed: int, batch_size: int = 0,
-           return_logps: bool = False) -> list[Completion]:
-    """One completion per prompt (repeat a prompt for a group), in prompt order."""
+           temperature: float, top_p: float, stop: list[str], seed: int, step: int = 0, first_row: int = 0,
+           batch_size: int = 0, return_logps: bool = False) -> list[Completion]:
+    """One completion per prompt (repeat a prompt for a group), in prompt order. Prompt i is row
+    `first_row + i` of the step's global batch: its generator seed is step_seed(seed, step, that row)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: list[Completion] = []
-    step = batch_size or len(prompts)
+    chunk = batch_size or len(prompts)
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for s in range(0, len(prompts), step):
-                out += _sample_batch(model, prompts[s : s + step], tokenizer, eos_ids, pad_id, max_new_tokens,
-                                     temperature, top_p, stop, return_logps, device)
+        for s in range(0, len(prompts), chunk):
+            seeds = [step_seed(seed, step, first_row + i) for i in range(s, min(s + chunk, len(prompts)))]
+            out += _sample_batch(model, prompts[s : s + chunk], tokenizer, eos_ids, pad_id, max_new_tokens,
+                                 _RowSampler(seeds, temperature, top_p), stop, return_logps, temperature, device)
     finally:
         model.train(was_training)
     return out
 
 
-def _sample_batch(model, prompts, tokenizer, eos_ids, pad_id, max_new_tokens, temperature, top_p, stop, return_logps, device):
+def _sample_batch(model, prompts, tokenizer, eos_ids, pad_id, max_new_tokens, row_sampler, stop, return_logps, temperature, device):
+    from transformers import GenerationConfig, LogitsProcessorList
+
     ids, mask = _left_pad(prompts, pad_id, device)
     kw = dict(stop_strings=stop, tokenizer=tokenizer) if stop else {}
-    gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature, top_p=top_p,
-                         top_k=0, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
-                         use_cache=True, return_dict_in_generate=True, output_logits=return_logps, **kw)
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
+                              use_cache=True, return_dict_in_generate=True, output_logits=return_logps)
+    gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                         logits_processor=LogitsProcessorList([row_sampler]), **kw)
     new = gen.sequences[:, ids.shape[1]:].tolist()
     out = []
     for i, toks in enumerate(new):
