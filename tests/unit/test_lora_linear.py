@@ -84,7 +84,8 @@ def test_falls_back_to_peft(case):
     plain, fused, _ = _pair(dropout=0.1 if case == "dropout" else 0.0, dtype=dtype,
                             **({"lora_bias": True} if case == "lora_bias" else {}))
     if case == "trainable_base":
-        fused.base_model.model.q.base_layer.weight.requires_grad_(True)
+        for name in ("q", "up", "down"):  # full fine-tuning of the base beside LoRA: PEFT's path computes its gradient
+            getattr(fused.base_model.model, name).base_layer.weight.requires_grad_(True)
     x = torch.randn(2, 3, 12, dtype=dtype, requires_grad=True)
     if case == "disabled":
         with fused.disable_adapter():
