@@ -107,3 +107,34 @@ def test_direct_function_matches_formula():
     a = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
     bb = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, a, bb: LoraLinear.apply(x, w, b, a, bb, 1.5), (x, a, bb))
+
+
+def test_packed_row_equals_examples_one_by_one_with_fused_lora(tiny_dir):
+    """The packing guarantee (tests/unit/test_packing.py) holds on the fused path: a LoRA model's packed
+    row gives the loss and LoRA gradients of its examples run alone."""
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.data.packing import collate, pack, unpacked
+    from tunesmith.train.forward import CausalLMLoss
+    from test_packing import _examples
+
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear"))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            nn.init.normal_(p, std=0.05)
+    assert fuse_lora_linears(model) > 0
+    lm, exs = CausalLMLoss(model, chunk_size=16), _examples(5)
+    packed = collate(pack(exs, max_length=256), pad_id=0)
+    loss_packed = lm(**packed)
+    assert "LoraLinearBackward" in _grad_fns(loss_packed)
+    loss_packed.backward()
+    lora = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    g_packed = {n: p.grad.clone() for n, p in lora.items()}
+    model.zero_grad()
+    loss_alone = sum(lm(**collate(unpacked([e]), pad_id=0)) for e in exs)
+    loss_alone.backward()
+    torch.testing.assert_close(loss_packed, loss_alone, rtol=1e-5, atol=1e-5)
+    for n, p in lora.items():
+        torch.testing.assert_close(g_packed[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
