@@ -104,7 +104,10 @@ def worker(spec: dict, out: Path) -> None:
     for item in spec["set"]:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)
-        cfg[section][name] = json.loads(value) if value[:1] in "[{0123456789-tfn" and value not in ("nan",) else value
+        try:
+            cfg[section][name] = json.loads(value)  # numbers, true/false, lists
+        except json.JSONDecodeError:
+            cfg[section][name] = value
     samples = [_sample()]
     losses = []
 
