@@ -83,16 +83,29 @@ def data_file_bytes(files: list[str]) -> int:
     return total
 
 
+# A user's MALLOC_MMAP_THRESHOLD_ above this leaves activation-sized blocks (MiBs) to the heap: glibc's
+# retention then applies. Measured on SmolLM2 at 4 x 512 (bench/README.md, speed note): 32 MiB peaked at
+# 6.0 GB against 3.3 GB at 128 KiB (tunesmith's pin).
+HEAP_THRESHOLD = 1 << 20
+
+
 def cpu_allocator() -> str:
     """glibc's default malloc raises its mmap threshold after freeing a large block, so later
     activations come from a heap that is not returned to the OS (the RSS peak grows past the live
-    peak). `tunesmith train` pins the threshold on Linux (train/host_memory.py), so large blocks stay
-    mmapped and the RSS follows the live bytes ("mmap"); so does a user's MALLOC_MMAP_THRESHOLD_.
-    Elsewhere the dynamic threshold stands ("glibc", with its measured retention term)."""
+    peak). `tunesmith train` pins the threshold at 128 KiB on Linux (train/host_memory.py), so large
+    blocks stay mmapped and the RSS follows the live bytes ("mmap"). A user's MALLOC_MMAP_THRESHOLD_
+    stands instead: "mmap" up to HEAP_THRESHOLD, "glibc" (with its measured retention term) above.
+    Off Linux the dynamic threshold stands ("glibc")."""
     import os
     import sys
 
-    return "mmap" if sys.platform.startswith("linux") or os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc"
+    if not sys.platform.startswith("linux"):
+        return "glibc"
+    user = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    try:
+        return "glibc" if user is not None and int(user) > HEAP_THRESHOLD else "mmap"
+    except ValueError:  # glibc ignores a value it cannot parse, and so does tunesmith's pin (train/host_memory.py)
+        return "glibc"
 
 
 def _reference(cfg: RunConfig) -> str:

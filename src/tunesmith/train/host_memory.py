@@ -14,8 +14,15 @@ Pinning the threshold (any explicit M_MMAP_THRESHOLD turns the dynamic adjustmen
 glibc's own starting value keeps every block >= 128 KiB an mmap that goes back on free.
 
 The price: each such block is a fresh mapping whose pages are faulted in and zeroed on first touch,
-every step; on the same run a step took ~+50 % longer (25 vs 16 s on a loaded 2-core machine,
-bench/README.md). Setting MALLOC_MMAP_THRESHOLD_ (any value) keeps glibc's behaviour and the speed.
+every step. Measured on the same run (bench/step_cpu.py, CPU seconds per step, 1 thread; table in
+bench/README.md's speed note): 24.6 s/step of which 7.4 s sys (4.2 M page faults, ~16 GiB of fresh
+pages a step) against 18.5 s and 0.4 s sys at a 32 MiB threshold, whose peak is 6.0 GB instead of 3.3.
+train/lora_linear.py cut the faults by 39 % (21.8 s, 4.8 s sys, same peak). Measured and not made the
+default: torch's THP_MEM_ALLOC_ENABLE=1 (fewer faults, more sys time: no gain); an 8 MiB threshold (17.1 s
+but 5.5 GB: no middle ground); jemalloc through LD_PRELOAD with purging off
+(MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1): 16.0 s, 0.01 s sys, 3.39 GB, the fastest at this peak,
+but a choice made when the process starts, so it is documented (bench/README.md), not automatic.
+Setting MALLOC_MMAP_THRESHOLD_ (any value) keeps glibc's behaviour; a larger value trades peak for speed.
 """
 
 from __future__ import annotations

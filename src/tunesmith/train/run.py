@@ -34,6 +34,7 @@ from . import fsdp
 from .callbacks import Callback, as_callbacks
 from .forward import base_causal_lm
 from .host_memory import pin_mmap_threshold
+from .lora_linear import fuse_lora_linears
 from .swiglu import fuse_swiglu
 from .loop import LoopParts, LoopState, autocast, evaluate_with_metrics, train_loop
 from .metrics import MetricsLog, Progress, fmt_count
@@ -119,6 +120,7 @@ def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
             p.data = p.data.float()
     base_causal_lm(model).config.use_cache = False
     fuse_swiglu(model)  # one (B, T, intermediate) tensor less saved per layer, same gradients (train/swiglu.py)
+    fuse_lora_linears(model)  # LoRA linears without their (tokens, d_out) temporaries (train/lora_linear.py)
     return model
 
 
