@@ -43,7 +43,7 @@ Measured per run:
              count measured before and after the runs of this table (bench/common.py). CPU only.
   peak MB    ru_maxrss at the end of the last step minus ru_maxrss after the imports and one load of
              the model, freed again (the baseline, the same for both). The absolute peak too.
-  loss       mean training loss of the last 5 steps (fewer in --quick runs).
+  loss       mean training loss of the last 5 steps (of all steps in a shorter --quick run).
 
 Threads: one torch thread per run by default (`--threads`). On a 2-core machine shared with other
 jobs, 2 OpenMP threads stall whenever another process holds a core.
@@ -122,7 +122,7 @@ def plans_of(a: argparse.Namespace) -> dict[str, dict]:
     micro = {"small": a.micro_batch_size, "small-v128k": a.micro_batch_size,
              "smollm2": 2 if q else a.micro_batch_size_smollm2}
     length = {"small": a.max_length, "small-v128k": a.max_length, "smollm2": 256 if q else a.max_length_smollm2}
-    least = sft_workers.WARMUP_STEPS_EXCLUDED + (2 if q else sft_workers.LOSS_WINDOW)
+    least = sft_workers.WARMUP_STEPS_EXCLUDED + (2 if q else sft_workers.LOSS_WINDOW)  # quick: >= 2 timed steps
     for c in a.config_list:
         if steps[c] < least:
             raise SystemExit(f"steps of {c} must be >= {least} (warm-up + loss window), got {steps[c]}")

@@ -44,11 +44,11 @@ def baseline_after_load(model_dir: str) -> float:
 
 
 def steady_state(times: list[float], tokens: list[int], losses: list[float]) -> dict:
-    """tokens/s between the end of warm-up and the end of the run; tokens are cumulative per step. The
-    loss window shrinks to the steps after warm-up in short (--quick) runs."""
+    """tokens/s between the end of warm-up and the end of the run; tokens are cumulative per step. A run
+    shorter than the loss window (--quick, memory_real.py's 3 steps) averages all its steps."""
     k = WARMUP_STEPS_EXCLUDED - 1  # index of the end of the last warm-up step
     dt = times[-1] - times[k]
-    window = min(LOSS_WINDOW, len(losses) - WARMUP_STEPS_EXCLUDED)
+    window = min(LOSS_WINDOW, len(losses))
     return {
         "tokens_per_s": (tokens[-1] - tokens[k]) / dt,
         "steady_steps": len(times) - 1 - k,
