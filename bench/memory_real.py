@@ -62,8 +62,11 @@ def main() -> None:
     ap.add_argument("--gradient-checkpointing", action="store_true", help="tunesmith with train.gradient_checkpointing: true")
     ap.add_argument("--label", default="", help="a name for this run in the JSON (e.g. before/after)")
     ap.add_argument("--max-length", type=int, default=512, help="packed row length (issue 17: 512; 256 for a smoke run)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 3 steps of 256-token rows, one run each, nothing written")
     ap.add_argument("--worker"), ap.add_argument("--spec"), ap.add_argument("--out")
     args = ap.parse_args()
+    if args.quick:
+        args.steps, args.max_length, args.repeats = 3, 256, 1
     if args.worker:
         import torch
 
@@ -98,6 +101,9 @@ def main() -> None:
               "load_avg_at_start": machine["load_avg"], "load_avg_at_end": common.load_avg(), "summary": summary,
               "runs": runs, "when": time.strftime("%Y-%m-%d %H:%M:%S")}
     print(json.dumps(summary, indent=1))
+    if args.quick:
+        print("(--quick: nothing written)")
+        return
     path = common.RESULTS / f"{RESULTS_NAME}.json"
     old = json.loads(path.read_text()) if path.is_file() else []
     common.write_results(RESULTS_NAME, old + [record])  # a history: each run (a before, an after) is appended
