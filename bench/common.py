@@ -2,8 +2,9 @@
 
 Each table's script imports this (bench/ is on sys.path when a script runs as `python bench/x.py`):
 
-- `alternating(frameworks, repeats)`: the order of the runs, t, p, t, p, t, p (strict alternation, so a
-  drift in the machine's load hits every framework alike), and `median_run(runs, key)`: the run with the
+- `alternating(frameworks, repeats)` / `schedule(cells, frameworks, repeats)`: the order of the runs,
+  t, p, t, p, t, p in every cell (strict alternation, so a drift in the machine's load hits every
+  framework alike), and `median_run(runs, key)`: the run with the
   median of `key` (memory and loss are then reported from that same run).
 - `provenance(threads)`: versions (importlib.metadata, nothing imported), the tunesmith commit, the machine
   (CPU model, cores, memory, load average). `matmul_bound(threads)`: the fp32 square-sgemm rate at the
@@ -43,9 +44,16 @@ MATMUL_N = 1024  # 2.1 GFLOP per product: long enough to time, small enough to s
 def alternating(frameworks: tuple[str, ...] | list[str], repeats: int) -> list[tuple[int, str]]:
     """(repeat, framework) in run order: every framework once per repeat, always in the same order
     (t, p, t, p, t, p for two), so no framework systematically runs on a warmer or busier machine."""
+    return [(rep, fw) for rep, _, fw in schedule([None], frameworks, repeats)]
+
+
+def schedule(cells: list, frameworks: tuple[str, ...] | list[str], repeats: int) -> list[tuple[int, object, str]]:
+    """(repeat, cell, framework) in run order for a table of several cells (configurations, methods):
+    per repeat, each cell runs its frameworks back to back, so every cell sees t, p, t, p, t, p and the
+    two runs compared are minutes apart, not a whole sweep."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    return [(rep, fw) for rep in range(repeats) for fw in frameworks]
+    return [(rep, cell, fw) for rep in range(repeats) for cell in cells for fw in frameworks]
 
 
 def median_run(runs: list[dict], key: str) -> dict:

@@ -182,16 +182,15 @@ def run_all(a, plans: dict, work: Path) -> tuple[dict, dict, dict]:
     cells = [(c, m) for c in a.config_list for m in a.method_list]
     runs = {f"{c}/{m}": {fw: [] for fw in FRAMEWORKS} for c, m in cells}
     repeats = 1 if a.quick else a.repeats
-    for rep, fw in common.alternating(FRAMEWORKS, repeats):
-        for c, m in cells:
-            name = f"{c}-{m}-{fw}-{rep}"
-            spec = {"model_dir": made["models"][c], "data": made["data"][c], "run_dir": str(work / "runs" / name),
-                    "method": m, **plans[c]}
-            r = common.run_worker(__file__, fw, spec, work / f"{name}.log", a.threads, cpu_only=a.device == "cpu")
-            runs[f"{c}/{m}"][fw].append(r)
-            print(f"{name}: {r['tokens_per_s']:,.0f} tok/s, {r['s_per_step']:.2f} s/step, peak +{r['peak_mb']:,.0f} MB "
-                  f"({r['peak_abs_mb']:,.0f} absolute), loss {r['final_loss']:.4f}, process {r['process_s']:.0f}s",
-                  file=sys.stderr, flush=True)
+    for rep, (c, m), fw in common.schedule(cells, FRAMEWORKS, repeats):
+        name = f"{c}-{m}-{fw}-{rep}"
+        spec = {"model_dir": made["models"][c], "data": made["data"][c], "run_dir": str(work / "runs" / name),
+                "method": m, **plans[c]}
+        r = common.run_worker(__file__, fw, spec, work / f"{name}.log", a.threads, cpu_only=a.device == "cpu")
+        runs[f"{c}/{m}"][fw].append(r)
+        print(f"{name}: {r['tokens_per_s']:,.0f} tok/s, {r['s_per_step']:.2f} s/step, peak +{r['peak_mb']:,.0f} MB "
+              f"({r['peak_abs_mb']:,.0f} absolute), loss {r['final_loss']:.4f}, process {r['process_s']:.0f}s",
+              file=sys.stderr, flush=True)
     return runs, made["data_info"], made["models"]
 
 

@@ -22,6 +22,14 @@ def test_alternating_is_strict_t_p_t_p():
         common.alternating(("a", "b"), 0)
 
 
+def test_schedule_runs_each_cells_pair_back_to_back():
+    order = common.schedule(["lora", "full"], ("t", "p"), 2)
+    assert order == [(0, "lora", "t"), (0, "lora", "p"), (0, "full", "t"), (0, "full", "p"),
+                     (1, "lora", "t"), (1, "lora", "p"), (1, "full", "t"), (1, "full", "p")]
+    per_cell = [fw for _, cell, fw in order if cell == "full"]
+    assert per_cell == ["t", "p", "t", "p"]
+
+
 def test_median_run_is_the_middle_run_with_its_own_numbers():
     runs = [{"tps": 30.0, "peak": 3}, {"tps": 10.0, "peak": 1}, {"tps": 20.0, "peak": 2}]
     m = common.median_run(runs, "tps")

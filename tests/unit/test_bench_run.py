@@ -21,7 +21,7 @@ import sft_workers  # noqa: E402
 def test_every_readme_block_has_a_table_entry():
     """Each generated block of bench/README.md (`<!-- name:begin -->`) is reproducible through run.py."""
     text = (BENCH / "README.md").read_text()
-    blocks = {line.split("<!-- ", 1)[1].split(":begin", 1)[0] for line in text.splitlines() if ":begin -->" in line}
+    blocks = {line[5:].split(":begin", 1)[0] for line in text.splitlines() if line.startswith("<!-- ") and ":begin -->" in line}
     assert blocks and blocks <= set(bench_run.TABLES), blocks - set(bench_run.TABLES)
     for name, table in bench_run.TABLES.items():
         assert (BENCH / table.script).is_file(), name
