@@ -74,7 +74,7 @@ def versions(packages: tuple[str, ...] = PACKAGES) -> dict[str, str]:
     out = {}
     for name in packages:
         try:
-            out[name.replace("_python", "").replace("_", "-")] = metadata.version(name)
+            out[name.replace("_", "-")] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
     out["tunesmith"] = git_commit()
