@@ -93,3 +93,26 @@ def test_steady_state_windows():
     assert s["final_loss"] == pytest.approx(2.5)  # fewer steps than the window: all of them
     long = sft_workers.steady_state(list(range(1, 9)), list(range(1, 9)), [9, 9, 9, 5, 4, 3, 2, 1])
     assert long["final_loss"] == pytest.approx(3.0)  # the last 5
+
+
+def _run(tps: float, peak: float, loss: float) -> dict:
+    return {"tokens_per_s": tps, "peak_mb": peak, "peak_abs_mb": peak + 500, "baseline_mb": 500, "final_loss": loss,
+            "s_per_step": 1000 / tps, "label_tokens": 10, "examples": 4, "rows": 2}
+
+
+def test_sft_summary_table_and_bound_fraction():
+    """The driver's post-processing on made-up runs: median per framework, ratios, % of the bound."""
+    shape = {"h": 4, "I": 8, "layers": 2, "heads": 2, "kv_heads": 1, "head_dim": 2, "vocab": 10}
+    info = {"attention_context": 10 / 3, "label_fraction": 0.5}
+    bound = {"gflops": 4.32e-3, "before": {"n": 1024, "gflops": 0.004}, "after": {"gflops": 0.005}}
+    ours = [sft_vs_trl.with_fraction(_run(t, 100, 1.0), shape, "lora", info, bound) for t in (3.0, 1.0, 2.0)]
+    theirs = [{**_run(t, 200, 1.1), "bound_fraction": None} for t in (0.5, 1.0, 0.25)]
+    r = sft_vs_trl.summarise({"tunesmith": ours, "trl": theirs})
+    assert r["tunesmith"]["tokens_per_s"] == 2.0 and r["trl"]["tokens_per_s"] == 0.5
+    per_token = 4 * 288 + 6 * (2 * 64 * 16) + 160 + 80  # test_bench_common's hand-computed shape at LoRA r 16
+    assert r["tunesmith"]["bound_fraction"] == pytest.approx(per_token * 2.0 / 4.32e6)  # FLOPs/token x tok/s / bound
+    assert r["ratio"]["speed"] == 4.0 and r["ratio"]["memory"] == 0.5
+    plans = {"smollm2": {"steps": 10, "micro_batch_size": 4, "grad_accum_steps": 1}}
+    table = sft_vs_trl.fmt_table({"smollm2/lora": r}, plans)
+    assert "| smollm2 | lora | 10 x 4x1 | tunesmith | 2 (3, 1, 2) |" in table
+    assert "| 0.6% |" in table and "| n/a |" in table and "**4.00x**" in table
