@@ -39,7 +39,7 @@ class Table:
     script: str
     args: tuple[str, ...]  # {repeats}, {smollm2} and {work} are filled in
     results: str  # bench/results/<results>.json
-    minutes: str  # rough wall time of the full run on a quiet 2-core CPU, 1 thread
+    minutes: str  # rough wall time of the full run (3 repeats) on a quiet 2-core CPU, 1 thread: a guess from earlier runs
     quick: tuple[str, ...] | None = None  # a smoke variant that writes nothing; None: no such variant
     needs: tuple[str, ...] = ()  # "cuda", "llama_cpp", "smollm2"
     prepare: tuple[tuple[str, ...], ...] = ()  # commands run first (in the table's work directory)
@@ -49,24 +49,24 @@ class Table:
 
 TINY = ("-m", "tunesmith.cli", "init-model", "--out", "{work}/small", "--size", "small")
 TABLES: dict[str, Table] = {
-    "sft_vs_trl": Table("sft_vs_trl.py", ("--repeats", "{repeats}"), "sft_vs_trl", "25-40", ("--quick",), own_bound=True),
+    "sft_vs_trl": Table("sft_vs_trl.py", ("--repeats", "{repeats}"), "sft_vs_trl", "15-25", ("--quick",), own_bound=True),
     "sft_vs_trl_smollm2": Table(
-        "sft_vs_trl.py", ("--configs", "smollm2", "--repeats", "{repeats}"), "sft_vs_trl_smollm2", "150-240 at 3 repeats",
+        "sft_vs_trl.py", ("--configs", "smollm2", "--repeats", "{repeats}"), "sft_vs_trl_smollm2", "120-180",
         ("--configs", "smollm2", "--quick"), needs=("smollm2",), own_bound=True,
         note="issue 17: LoRA, QLoRA, full; 10 steps x 4 packed rows x 512 tokens"),
     "sft_vs_trl_cuda": Table(
         "sft_vs_trl.py", ("--device", "cuda", "--steps", "30", "--steps-128k", "20", "--micro-batch-size", "16",
                           "--grad-accum-steps-128k", "2", "--repeats", "{repeats}"), "sft_vs_trl_cuda", "8 (H100)",
         ("--device", "cuda", "--quick"), needs=("cuda",), own_bound=True),
-    "dpo_vs_trl": Table("dpo_vs_trl.py", ("--repeats", "{repeats}"), "dpo_vs_trl", "6-10", ("--quick",), own_bound=True),
+    "dpo_vs_trl": Table("dpo_vs_trl.py", ("--repeats", "{repeats}"), "dpo_vs_trl", "5-8", ("--quick",), own_bound=True),
     "dpo_vs_trl_smollm2": Table(
         "dpo_vs_trl.py", ("--config", "smollm2", "--repeats", "{repeats}", "--steps", "10", "--micro-batch-size", "2",
-                          "--max-length", "384", "--max-prompt-length", "256"), "dpo_vs_trl_smollm2", "40-70 at 3 repeats",
+                          "--max-length", "384", "--max-prompt-length", "256"), "dpo_vs_trl_smollm2", "20-40",
         ("--config", "smollm2", "--quick", "--micro-batch-size", "1", "--max-length", "320", "--max-prompt-length", "160"),
         needs=("smollm2",), own_bound=True),
     "memory_real": Table(
         "memory_real.py", ("--model", "{smollm2}", "--steps", "3", "--repeats", "{repeats}"), "memory_real",
-        "30-45 at 3 repeats", ("--model", "{smollm2}", "--quick"), needs=("smollm2",),
+        "15-30", ("--model", "{smollm2}", "--quick"), needs=("smollm2",),
         note="appends a record to its JSON; its README table (before/after rows) is edited by hand"),
     "peft_methods": Table("peft_methods.py", ("--repeats", "{repeats}"), "peft_methods", "15-25", ("--quick",)),
     "eval_vs_lm_eval": Table("eval_vs_lm_eval.py", ("--questions", "100", "--repeats", "{repeats}"), "eval_vs_lm_eval",
