@@ -173,7 +173,8 @@ def fmt_table(results: dict, plans: dict) -> str:
 
 
 def run_all(a, plans: dict, work: Path) -> tuple[dict, dict, dict]:
-    """Setup, then every cell's runs in strict alternation; returns (runs, data_info, models)."""
+    """Setup, then every cell's runs in strict alternation; returns (runs, data_info, model shapes for the FLOP
+    formula: read here, because the tiny models live in `work`, removed after the runs)."""
     n_examples = 2 * max(p["steps"] * p["micro_batch_size"] * p["grad_accum_steps"] for p in plans.values())
     print(f"building the models and the data in {work} ...", file=sys.stderr, flush=True)
     made = common.run_worker(__file__, "setup", {"work": str(work), "n_examples": n_examples, "max_length": a.max_length,
@@ -191,7 +192,7 @@ def run_all(a, plans: dict, work: Path) -> tuple[dict, dict, dict]:
         print(f"{name}: {r['tokens_per_s']:,.0f} tok/s, {r['s_per_step']:.2f} s/step, peak +{r['peak_mb']:,.0f} MB "
               f"({r['peak_abs_mb']:,.0f} absolute), loss {r['final_loss']:.4f}, process {r['process_s']:.0f}s",
               file=sys.stderr, flush=True)
-    return runs, made["data_info"], made["models"]
+    return runs, made["data_info"], {c: flops.load_shape(made["models"][c]) for c in a.config_list}
 
 
 def describe(a, plans: dict, data_info: dict, bound: dict | None) -> tuple[str, str]:
@@ -236,7 +237,7 @@ def main() -> None:
     before = common.matmul_bound(a.threads) if cpu else None
     work = Path(tempfile.mkdtemp(prefix="sft_vs_trl-"))
     try:
-        runs, data_info, models = run_all(a, plans, work)
+        runs, data_info, shapes = run_all(a, plans, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bound = common.combined_bound(before, common.matmul_bound(a.threads)) if cpu else None
@@ -244,9 +245,8 @@ def main() -> None:
     results = {}
     for cell, per_fw in runs.items():
         c, m = cell.split("/")
-        shape = flops.load_shape(models[c]) if Path(models[c], "config.json").is_file() else None
-        results[cell] = summarise({fw: [with_fraction(r, shape, m, data_info[c], bound) if shape else
-                                        {**r, "bound_fraction": None} for r in rs] for fw, rs in per_fw.items()})
+        results[cell] = summarise({fw: [with_fraction(r, shapes[c], m, data_info[c], bound) for r in rs]
+                                   for fw, rs in per_fw.items()})
     setup, data_line = describe(a, plans, data_info, bound)
     table = fmt_table(results, plans)
     elapsed = time.perf_counter() - t_begin
