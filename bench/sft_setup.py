@@ -87,6 +87,9 @@ def prepare_data(work: Path, model_dir: Path, n_rows: int, max_length: int) -> t
         answer.append(full - prompt)
         if len(kept) == n_rows:
             break
+    if not kept:
+        raise SystemExit(f"no example of {source} fits {max_length} tokens with {model_dir}'s tokenizer "
+                         f"({skipped} skipped); raise the max length (--max-length / --max-length-smollm2)")
     work.mkdir(parents=True, exist_ok=True)
     path = work / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in kept))
