@@ -206,7 +206,8 @@ def describe(a, plans: dict, data_info: dict, bound: dict | None) -> tuple[str, 
              + ("bf16 autocast on the GPU, peak = torch.cuda.max_memory_allocated" if a.device == "cuda" else
                 f"fp32; {a.threads} torch thread(s) per run")
              + f"; tokens/s over steps {sft_workers.WARMUP_STEPS_EXCLUDED + 1}-N; loss = mean of the last "
-             + f"{sft_workers.LOSS_WINDOW} steps; median of {repeats} strictly alternating run(s) per cell")
+             + f"{min(sft_workers.LOSS_WINDOW, plans[c0]['steps'])} steps; median of {repeats} strictly alternating "
+             + "run(s) per cell")
     if bound:
         setup += (f"; fp32 matmul bound {bound['gflops']:.1f} GFLOP/s ({bound['before']['n']}^3 sgemm, {a.threads} thread(s), "
                   f"{bound['before']['gflops']:.1f} before and {bound['after']['gflops']:.1f} after the runs)")
