@@ -194,7 +194,7 @@ def worker_setup(spec: dict) -> dict:
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in kept))
     cfg = validate_config(tunesmith_cfg({**spec, "model_dir": str(model), "data": str(data), "run_dir": str(work / "x")}))
-    rows = prepare_preference_data(cfg, tok, "pairs", seed=0).train
+    rows = prepare_preference_data(cfg, tok, "pairs", encode_pair, seed=0).train
     sampler = StepSampler(len(rows), spec["micro_batch_size"], 1, seed=0)
     order = [int(rows[i].where.rsplit(":", 1)[1]) - 1 for s in range(spec["steps"]) for i in sampler.micro_batches(s)[0]]
     trl_data = work / "pairs_trl_order.jsonl"

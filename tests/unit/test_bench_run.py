@@ -116,3 +116,18 @@ def test_sft_summary_table_and_bound_fraction():
     table = sft_vs_trl.fmt_table({"smollm2/lora": r}, plans)
     assert "| smollm2 | lora | 10 x 4x1 | tunesmith | 2 (3, 1, 2) |" in table
     assert "| 0.6% |" in table and "| n/a |" in table and "**4.00x**" in table
+
+
+def test_dpo_setup_gives_trl_the_pairs_in_tunesmith_order(tmp_path):
+    """dpo_vs_trl's setup worker on the tiny model: the pairs file, and the same pairs in the order tunesmith's
+    step sampler draws them (it broke when prepare_preference_data gained its `encode` argument)."""
+    import dpo_vs_trl
+
+    spec = {"work": str(tmp_path), "n_pairs": 6, "steps": 3, "micro_batch_size": 2, "max_length": 384,
+            "max_prompt_length": 256, "config": "small"}
+    made = dpo_vs_trl.worker_setup(spec)
+    kept = [json.loads(x) for x in Path(made["data"]).read_text().splitlines()]
+    ordered = [json.loads(x) for x in Path(made["trl_data"]).read_text().splitlines()]
+    assert len(kept) == 6 and len(ordered) == 6  # 3 steps x 2 pairs
+    assert sorted(map(json.dumps, ordered)) == sorted(map(json.dumps, kept))  # a permutation of the same pairs
+    assert made["info"]["pairs"] == 6 and made["info"]["tokens_per_pair_mean"] > 0
