@@ -295,7 +295,7 @@ def main() -> None:
     setup = (f"{info['source']}: {info['pairs']} pairs that fit (prompt <= {a.max_prompt_length}, total <= {a.max_length} tokens), "
              f"{info['tokens_per_pair_mean']} tokens per pair (prompt twice + both responses) mean; {steps} steps x "
              f"{a.micro_batch_size} pairs; LoRA r16/alpha32/dropout0 all-linear; beta {BETA}; lr {LR} cosine; fp32; 1 thread; "
-             f"pairs/s over steps {WARMUP + 1}-{steps}; final = mean of the last {WINDOW} steps; "
+             f"pairs/s over steps {WARMUP + 1}-{steps}; final = mean of the last {min(WINDOW, steps)} steps; "
              f"model {'SmolLM2-135M-Instruct' if a.config == 'smollm2' else 'the small tiny Llama'}; median of {repeats} "
              f"strictly alternating run(s) per framework (pairs/s of each: tunesmith "
              f"{[round(v, 2) for v in ts['pairs_per_s_all']]}, TRL {[round(v, 2) for v in trl['pairs_per_s_all']]}); "
