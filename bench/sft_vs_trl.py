@@ -70,7 +70,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 import flops  # noqa: E402
 import sft_workers  # noqa: E402
+from sft_setup import prepare_data, smollm2_dir  # noqa: E402,F401  (re-exported: bench/step_cpu.py imports them from here)
 from sft_setup import setup as worker_setup  # noqa: E402
+from sft_workers import LORA, steady_state, worker_trl, worker_tunesmith  # noqa: E402,F401  (re-exported likewise)
 
 WORKERS = {"tunesmith": sft_workers.worker_tunesmith, "trl": sft_workers.worker_trl, "setup": worker_setup}
 FRAMEWORKS = ("tunesmith", "trl")

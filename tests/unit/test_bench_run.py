@@ -131,3 +131,9 @@ def test_dpo_setup_gives_trl_the_pairs_in_tunesmith_order(tmp_path):
     assert len(kept) == 6 and len(ordered) == 6  # 3 steps x 2 pairs
     assert sorted(map(json.dumps, ordered)) == sorted(map(json.dumps, kept))  # a permutation of the same pairs
     assert made["info"]["pairs"] == 6 and made["info"]["tokens_per_pair_mean"] > 0
+
+
+def test_sft_vs_trl_still_exports_what_other_scripts_import():
+    """bench/step_cpu.py (issue 17's speed work) and older scripts call these through sft_vs_trl."""
+    for name in ("prepare_data", "smollm2_dir", "worker_tunesmith", "worker_trl", "steady_state", "LORA"):
+        assert hasattr(sft_vs_trl, name), name
