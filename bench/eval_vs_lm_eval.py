@@ -24,12 +24,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -89,15 +89,9 @@ def picks(lps, qs):
 
 
 def write_readme(table: str, cmd: str, meta: str) -> None:
-    readme = HERE / "README.md"
-    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    block = (f"<!-- eval_vs_lm_eval:begin -->\n\nLatest run ({time.strftime('%Y-%m-%d %H:%M:%S')}):\n\n```\n{cmd}\n```\n\n"
-             f"{table}\n\n{meta}\n\n<!-- eval_vs_lm_eval:end -->")
-    if "<!-- eval_vs_lm_eval:begin -->" in text:
-        text = re.sub(r"<!-- eval_vs_lm_eval:begin -->.*?<!-- eval_vs_lm_eval:end -->", lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n## tunesmith eval vs lm-evaluation-harness (`eval_vs_lm_eval.py`)\n\n" + block + "\n"
-    readme.write_text(text)
+    common.update_readme("eval_vs_lm_eval", ["", f"Latest run ({time.strftime('%Y-%m-%d %H:%M:%S')}):", "", "```", cmd, "```",
+                                             "", table, "", meta, ""],
+                         heading="## tunesmith eval vs lm-evaluation-harness (`eval_vs_lm_eval.py`)")
 
 
 def main() -> None:

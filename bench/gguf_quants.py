@@ -37,12 +37,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import common
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
@@ -166,15 +167,8 @@ def main() -> None:
     out = ROOT / "bench" / "results" / f"{tag}.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "hf_gen_tok_s": hf_gen, "hf_pp_tok_s": hf_pp, "args": vars(args)}, indent=1))
-    readme = ROOT / "bench" / "README.md"
-    text = readme.read_text()
-    block = f"<!-- {tag}:begin -->\n\n{table}\n<!-- {tag}:end -->"
-    if f"<!-- {tag}:begin -->" in text:
-        text = re.sub(f"<!-- {tag}:begin -->.*<!-- {tag}:end -->", lambda _: block, text, flags=re.S)
-    else:
-        title = f"a real model, {args.model}" if args.model else "the toy model"
-        text += f"\n## GGUF quant types in llama.cpp, {title} (`gguf_quants.py`)\n\n{block}\n"
-    readme.write_text(text)
+    title = f"a real model, {args.model}" if args.model else "the toy model"
+    common.update_readme(tag, ["", table], heading=f"## GGUF quant types in llama.cpp, {title} (`gguf_quants.py`)")
 
 
 def render(rows: list[dict], hf_gen: float, hf_pp: float, args, seconds: float) -> str:

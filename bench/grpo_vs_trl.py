@@ -22,21 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import maxrss_mb
+
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "grpo_vs_trl.json"
 G, PROMPTS, NEW, TARGET, LR = 4, 4, 16, 24, 1e-3
 WORDS = ["river", "stone", "light", "tree", "cloud", "sun", "moon", "cat", "dog", "bird", "road", "fire", "rain", "snow"]
-
-
-def maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def length_reward(completions) -> list[float]:

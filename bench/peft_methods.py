@@ -37,13 +37,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "src"))
 RESULTS_JSON = HERE / "results" / "peft_methods.json"
 README = HERE / "README.md"
 DOCS = REPO / "docs" / "peft.md"
-MARK = ("<!-- peft_methods:begin -->", "<!-- peft_methods:end -->")
 
 # type: (adapter section, lr)
 METHODS = {
@@ -192,13 +193,6 @@ def four_bit(name: str, base: Path, train_file: Path, eval_file: Path, work: Pat
     return f"yes ({losses[0]:.2f} → {statistics.fmean(losses[-3:]):.2f} in {steps} steps)"
 
 
-def median_run(runs: list[dict]) -> dict:
-    """The run with the median tokens/s (losses are identical across repeats: same seed, same data);
-    every repeat's tokens/s is kept."""
-    ordered = sorted(runs, key=lambda r: r["tokens_per_s"])
-    return {**ordered[(len(ordered) - 1) // 2], "tokens_per_s_all": [round(r["tokens_per_s"], 1) for r in runs]}
-
-
 def fmt(results: dict, trl: bool) -> list[str]:
     from tunesmith.adapters import METHODS as INFO
 
@@ -215,17 +209,6 @@ def fmt(results: dict, trl: bool) -> list[str]:
                     if t else " n/a (no such method in PEFT) | | |")
         lines.append(row)
     return lines
-
-
-def write_block(path: Path, title: str, block: str) -> None:
-    text = path.read_text() if path.is_file() else f"# {title}\n"
-    if MARK[0] in text:
-        pre, rest = text.split(MARK[0], 1)
-        text = pre + block + rest.split(MARK[1], 1)[1]
-    else:
-        text = text.rstrip("\n") + f"\n\n## Every PEFT method on one tiny task (`peft_methods.py`)\n\n{block}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
 
 
 def main() -> None:
@@ -256,12 +239,12 @@ def main() -> None:
                 ours.append(run_tunesmith(name, base, train_file, eval_file, a.steps, work))
                 if not a.no_trl and name != "adapter":
                     theirs.append(run_trl(name, base, train_file, a.steps, work))
-            r = median_run(ours)
+            r = common.median_run(ours, "tokens_per_s")
             r["params_7b"], closed = params_7b(name)
             assert r["params_7b"] == closed, f"{name}: 7B count {r['params_7b']} != closed form {closed}"
             r["nf4"] = four_bit(name, base, train_file, eval_file, work)
             if theirs:
-                r["trl"] = median_run(theirs)
+                r["trl"] = common.median_run(theirs, "tokens_per_s")
             results[name] = r
             print(fmt({name: r}, not a.no_trl)[-1], flush=True)
     lines = fmt(results, not a.no_trl)
@@ -280,12 +263,13 @@ def main() -> None:
                   "answer (9 instead of 8 here), which lowers its mean by about 1/9 (compare tunesmith x 8/9). "
                   f"Versions: torch {torch.__version__}, transformers {transformers.__version__}, peft {__import__('peft').__version__}"
                   + ("" if a.no_trl else f", trl {__import__('trl').__version__}") + ".")
-    block = "\n".join([MARK[0], "", f"Latest run ({time.strftime('%Y-%m-%d %H:%M:%S')}, {(time.time() - t0) / 60:.1f} min):",
-                       "", "```", cmd, "```", "", *lines, "", setup_note, "", MARK[1]])
+    block = ["", f"Latest run ({time.strftime('%Y-%m-%d %H:%M:%S')}, {(time.time() - t0) / 60:.1f} min):",
+             "", "```", cmd, "```", "", *lines, "", setup_note, ""]
     RESULTS_JSON.parent.mkdir(exist_ok=True)
     RESULTS_JSON.write_text(json.dumps({"results": results, "steps": a.steps, "pretrain_steps": a.pretrain_steps}, indent=1))
-    write_block(README, "Benchmarks", block)
-    write_block(DOCS, "PEFT methods", block)
+    heading = "## Every PEFT method on one tiny task (`peft_methods.py`)"
+    common.update_readme("peft_methods", block, heading=heading, path=README)
+    common.update_readme("peft_methods", block, heading=heading, path=DOCS)
     print(f"wrote {RESULTS_JSON.relative_to(REPO)}, {README.relative_to(REPO)}, {DOCS.relative_to(REPO)}")
 
 

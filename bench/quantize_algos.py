@@ -12,10 +12,11 @@ table into bench/README.md.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
+
+import common
 
 import torch
 
@@ -78,19 +79,13 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     cmd = "/work/main/.venv/bin/python bench/quantize_algos.py " + " ".join(sys.argv[1:])
-    block = (f"<!-- quantize_algos:begin -->\n\nLatest run ({time.strftime('%Y-%m-%d %H:%M:%S')}, "
-             f"{(time.perf_counter() - t0) / 60:.1f} min):\n\n```\n{cmd.strip()}\n```\n\n"
-             f"Unquantized perplexity {ref:.3f}. Perplexity after quantizing every decoder linear in memory "
-             f"(lower is better; GPTQ / RTN uses the better GPTQ column):\n\n{text}\n\n"
-             f"Model: `{args.size}` Llama pre-trained here for {args.steps} steps (the `quantize_ppl.py` recipe); "
-             "128 calibration and 64 held-out windows of 256 tokens, disjoint.\n\n<!-- quantize_algos:end -->")
-    readme = ROOT / "bench" / "README.md"
-    old = readme.read_text()
-    if "<!-- quantize_algos:begin -->" in old:
-        new = re.sub(r"<!-- quantize_algos:begin -->.*<!-- quantize_algos:end -->", lambda m: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n### Where rounding hurts: GPTQ and AWQ vs RTN at 3 and 2 bits (`quantize_algos.py`)\n\n" + block + "\n"
-    readme.write_text(new)
+    common.update_readme("quantize_algos", [
+        "", f"Latest run ({time.strftime('%Y-%m-%d %H:%M:%S')}, {(time.perf_counter() - t0) / 60:.1f} min):", "", "```",
+        cmd.strip(), "```", "", f"Unquantized perplexity {ref:.3f}. Perplexity after quantizing every decoder linear in memory "
+        "(lower is better; GPTQ / RTN uses the better GPTQ column):", "", text, "",
+        f"Model: `{args.size}` Llama pre-trained here for {args.steps} steps (the `quantize_ppl.py` recipe); "
+        "128 calibration and 64 held-out windows of 256 tokens, disjoint.", ""],
+        heading="### Where rounding hurts: GPTQ and AWQ vs RTN at 3 and 2 bits (`quantize_algos.py`)")
 
 
 if __name__ == "__main__":

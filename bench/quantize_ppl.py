@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import common
 
 import torch
 
@@ -119,20 +120,14 @@ def main() -> None:
     (results / "quantize_ppl.json").write_text(json.dumps({"args": vars(args), "ppl_original": ppl_ref,
                                                            "rows": rows}, indent=2))
     cmd = "/work/main/.venv/bin/python bench/quantize_ppl.py " + " ".join(sys.argv[1:])
-    block = (f"<!-- quantize_ppl:begin -->\n\nLatest run ({time.strftime('%Y-%m-%d %H:%M:%S')}, "
-             f"{(time.perf_counter() - t0) / 60:.1f} min):\n\n```\n{cmd.strip()}\n```\n\n{text}\n\n"
-             f"Model: `{args.size}` Llama made and pre-trained here for {args.steps} steps on the built-in corpus. "
+    common.update_readme("quantize_ppl", [
+        "", f"Latest run ({time.strftime('%Y-%m-%d %H:%M:%S')}, {(time.perf_counter() - t0) / 60:.1f} min):", "", "```",
+        cmd.strip(), "```", "", text, "",
+        f"Model: `{args.size}` Llama made and pre-trained here for {args.steps} steps on the built-in corpus. "
              f"Perplexity: 64 held-out windows of {args.seq_len} tokens, disjoint from the 128 calibration windows. "
              "Every quantized row is the checkpoint reloaded from disk (bitsandbytes through `from_pretrained`, "
              "GPTQ/AWQ through tunesmith's unpacker of the GPTQ v1 / AWQ GEMM layouts); RTN is in memory only. "
-             f"Versions: torch {torch.__version__}.\n\n<!-- quantize_ppl:end -->")
-    readme = ROOT / "bench" / "README.md"
-    old = readme.read_text()
-    if "<!-- quantize_ppl:begin -->" in old:
-        new = re.sub(r"<!-- quantize_ppl:begin -->.*<!-- quantize_ppl:end -->", lambda m: block, old, flags=re.S)
-    else:
-        new = old.rstrip() + "\n\n## Quantization: perplexity and size (`quantize_ppl.py`)\n\n" + block + "\n"
-    readme.write_text(new)
+        f"Versions: torch {torch.__version__}.", ""], heading="## Quantization: perplexity and size (`quantize_ppl.py`)")
 
 
 if __name__ == "__main__":

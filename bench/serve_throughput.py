@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO / "src"))
@@ -162,14 +164,8 @@ def update_readme(rows: list[dict], meta: dict) -> None:
         mix = (f"{r['tokens_per_s'] / base16[r['clients']]:.2f}x" if r["engine"] == "tunesmith serve" and r["models"] != "base" else "")
         lines.append(f"| {r['models']} | {r['engine']} | {r['clients']} | {r['tokens_per_s']:,.1f} | {r['p50_s']} | "
                      f"{r['p95_s']} | {ratio:.2f}x | {mix} |")
-    begin, end = "<!-- serve_throughput:begin -->", "<!-- serve_throughput:end -->"
-    block = "\n".join([begin, "", *lines, "", end])
-    text = README.read_text()
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n## `tunesmith serve` throughput (`serve_throughput.py`)\n\n" + block + "\n"
-    README.write_text(text)
+    common.update_readme("serve_throughput", ["", *lines, ""], path=README,
+                         heading="## `tunesmith serve` throughput (`serve_throughput.py`)")
 
 
 if __name__ == "__main__":
