@@ -60,8 +60,8 @@ TABLES: dict[str, Table] = {
         ("--device", "cuda", "--quick"), needs=("cuda",), own_bound=True),
     "dpo_vs_trl": Table("dpo_vs_trl.py", ("--repeats", "{repeats}"), "dpo_vs_trl", "5-8", ("--quick",), own_bound=True),
     "dpo_vs_trl_smollm2": Table(
-        "dpo_vs_trl.py", ("--config", "smollm2", "--repeats", "{repeats}", "--steps", "10", "--micro-batch-size", "2",
-                          "--max-length", "384", "--max-prompt-length", "256"), "dpo_vs_trl_smollm2", "20-40",
+        "dpo_vs_trl.py", ("--config", "smollm2", "--repeats", "{repeats}", "--steps", "8", "--micro-batch-size", "1",
+                          "--max-length", "320", "--max-prompt-length", "160"), "dpo_vs_trl_smollm2", "11-20",
         ("--config", "smollm2", "--quick", "--micro-batch-size", "1", "--max-length", "320", "--max-prompt-length", "160"),
         needs=("smollm2",), own_bound=True),
     "memory_real": Table(
@@ -73,6 +73,11 @@ TABLES: dict[str, Table] = {
                              "3-5", note="best of --repeats alternating runs (the script's own measure)"),
     "gguf_quants": Table("gguf_quants.py", ("--steps", "200", "--threads", "1"), "gguf_quants", "20",
                          needs=("llama_cpp",), note="median of 3 timings per type inside the script"),
+    "gguf_quants_real": Table(
+        "gguf_quants.py", ("--model", "{smollm2}", "--eval-file", "{work}/heldout.txt", "--quants",
+                           "F16,Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0,Q3_K_M,Q2_K", "--threads", "1"), "gguf_quants_real", "15-20",
+        needs=("smollm2", "llama_cpp"), prepare=(("bench/heldout_text.py", "{work}/heldout.txt"),),
+        note="SmolLM2 in llama.cpp; held-out text = GSM8K test rows 200-239 (bench/heldout_text.py)"),
     "prepare_scale": Table("prepare_scale.py", (), "prepare_scale", "13"),
     "quantize_ppl": Table("quantize_ppl.py", (), "quantize_ppl", "30-35"),
     "quantize_algos": Table("quantize_algos.py", ("--steps", "150", "--work", "{work}/model"), "quantize_algos", "12"),

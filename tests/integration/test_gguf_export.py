@@ -59,7 +59,7 @@ def sft_model(tmp_path_factory, tiny_dir, alpaca64) -> Path:
 @pytest.fixture(scope="module")
 def held_out(tmp_path_factory, sft_model) -> Path:
     """Chats of the SFT task the model never saw (another seed), rendered by its own template."""
-    from conftest import alpaca_rows
+    from rows import alpaca_rows
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(sft_model)
