@@ -2,7 +2,6 @@
 alpaca file whose rows differ in length (so padding, packing and loss normalisation matter)."""
 
 import json
-import random
 
 import pytest
 from rows import alpaca_rows  # noqa: F401  (a plain module: test files import it by name, never from conftest)
