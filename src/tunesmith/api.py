@@ -77,6 +77,14 @@ def serve(model: str | Path, adapters: list[str] | None = None, engine: str = "b
     return _serve(model, adapters=adapters, engine=engine, **options)
 
 
+def ui(runs: str | Path = "runs", host: str = "127.0.0.1", port: int = 7860, token: str | None = None,
+       allow_train: bool = False) -> int:
+    """The local web dashboard over the run directories under `runs` until interrupted (tunesmith.ui)."""
+    from .ui.launch import run_ui
+
+    return run_ui(runs, host=host, port=port, token=token, allow_train=allow_train)
+
+
 def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False, tiny: bool = False) -> dict:
     """The real model (SmolLM2-135M-Instruct, needs the `real` and `gguf` extras) end to end, or with
     `tiny` the tiny model tunesmith builds itself."""

@@ -158,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model-name", help="the base model's name in /v1/models (default: its directory name)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="weights in memory (auto: fp32 on the CPU)")
 
+    p = sub.add_parser("ui", help="local web dashboard: runs table, live curves, compare, start a run (read-only unless --allow-train)")
+    p.add_argument("--runs", default="runs", help="directory that holds the run directories (default: runs)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address; anything but loopback needs --token")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--token", default=os.environ.get("TUNESMITH_UI_TOKEN"), help="required by every request when set "
+                   "(default $TUNESMITH_UI_TOKEN); the printed URL carries it")
+    p.add_argument("--allow-train", action="store_true", help="allow starting, stopping and resuming runs from the page")
+
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: SmolLM2-135M-Instruct from GGUF, LoRA, DPO, merge, "
                        "GGUF Q4_K_M, one before/after table")
     p.add_argument("--out", default="runs/quickstart", help="directory for everything the quickstart makes")
@@ -251,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                              max_queue=args.max_queue, max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
                              allowed_adapter_dirs=args.allowed_adapter_dir or [], served_model_name=args.served_model_name,
                              dtype=args.dtype)
+        elif args.command == "ui":
+            return api.ui(args.runs, host=args.host, port=args.port, token=args.token, allow_train=args.allow_train)
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite, tiny=args.tiny)
         elif args.command == "eval":

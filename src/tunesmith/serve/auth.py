@@ -20,11 +20,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_bind(host: str, api_key: str | None) -> None:
-    """Refuse to listen beyond this machine without a key: anyone who can reach the port could use it."""
+def check_bind(host: str, api_key: str | None, flag: str = "--api-key",
+               how: str = "clients send `Authorization: Bearer KEY`", what: str = "the server") -> None:
+    """Refuse to listen beyond this machine without a key: anyone who can reach the port could use it.
+    `flag`, `how`, `what`: the names in the message (`tunesmith ui` calls its key --token)."""
     if not is_loopback(host) and not api_key:
-        raise UserError(f"--host {host} makes the server reachable from other machines; "
-                        "set --api-key KEY (clients send `Authorization: Bearer KEY`) or bind 127.0.0.1")
+        raise UserError(f"--host {host} makes {what} reachable from other machines; "
+                        f"set {flag} KEY ({how}) or bind 127.0.0.1")
 
 
 def check_key(authorization: str | None, api_key: str | None) -> None:
