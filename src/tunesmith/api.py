@@ -78,11 +78,11 @@ def serve(model: str | Path, adapters: list[str] | None = None, engine: str = "b
 
 
 def ui(runs: str | Path = "runs", host: str = "127.0.0.1", port: int = 7860, token: str | None = None,
-       allow_train: bool = False) -> int:
+       allow_train: bool = False, serve_url: str = "", serve_key: str = "") -> int:
     """The local web dashboard over the run directories under `runs` until interrupted (tunesmith.ui)."""
     from .ui.launch import run_ui
 
-    return run_ui(runs, host=host, port=port, token=token, allow_train=allow_train)
+    return run_ui(runs, host=host, port=port, token=token, allow_train=allow_train, serve_url=serve_url, serve_key=serve_key)
 
 
 def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False, tiny: bool = False) -> dict:

@@ -22,11 +22,18 @@ def error(e: UserError | str, status: int = 400) -> JSONResponse:
 
 
 def user_path(raw: str, runs_dir: Path) -> Path:
-    """A path from the page: absolute as given, relative to --runs (where the pickers list from)."""
+    """A path from the page: relative to --runs (where the pickers list from) or absolute, and in
+    either case inside --runs or the directory `tunesmith ui` was started in, so a page cannot have
+    the dashboard read files elsewhere on the machine."""
     if not raw or not raw.strip():
         raise UserError("no path given; pick one from the list or type a path")
     p = Path(raw.strip()).expanduser()
-    return p if p.is_absolute() else runs_dir / p
+    p = (p if p.is_absolute() else runs_dir / p).resolve()
+    roots = [runs_dir.resolve(), Path.cwd().resolve()]
+    if not any(p.is_relative_to(r) for r in roots):
+        raise UserError(f"{p}: outside --runs ({roots[0]}) and the directory tunesmith ui was started in ({roots[1]}); "
+                        "move it there or start `tunesmith ui` from a directory above it")
+    return p
 
 
 class Cache:
