@@ -27,7 +27,9 @@ def curve(steps: int, start: float = 3.0, rate: float = 0.08, seed: int = 0) -> 
 
 
 def write_run(runs: Path, name: str, *, steps: int = 20, method: str = "sft", adapter: str = "lora", finished: bool = True,
-              records: list[dict] | None = None, lr: float = 1e-3, extra_lines: list[str] = ()) -> Path:
+              records: list[dict] | None = None, lr: float = 1e-3, extra_lines: list[str] = (), full_report: bool = True) -> Path:
+    """`full_report=False`: report.md is a one-line page instead of train's (which draws loss.png with
+    matplotlib: seconds per run on a busy machine); the status rules only look for the file."""
     run = runs / name
     run.mkdir(parents=True)
     write_marker(run, "train")
@@ -44,6 +46,9 @@ def write_run(runs: Path, name: str, *, steps: int = 20, method: str = "sft", ad
     (run / "checkpoints" / f"step-{steps}").mkdir(parents=True)
     if finished:
         (run / ("adapter" if adapter != "none" else "model")).mkdir()
+        if not full_report:
+            (run / "report.md").write_text(f"# Run report: {name}\n", encoding="utf-8")
+            return run
         write_report(run, {"name": name, "model": "/models/tiny", "method": method, "adapter": adapter, "steps": steps, "max_steps": steps,
                            "stop_reason": f"reached {steps} steps", "final_loss": records[-1]["loss"] if records else None})
     return run

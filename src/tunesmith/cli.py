@@ -207,7 +207,8 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    if args.command != "ui":  # the dashboard loads no model (its runs are subprocesses): skip importing transformers
+        _quiet_libraries()
     from . import api
 
     try:

@@ -31,7 +31,9 @@ class Page:
 
 PAGES: list[Page] = [
     Page("/", "Runs", "runs.html"),
-    Page("/runs/{name}", "Run", "run.html", nav=False),
+    Page("/runs/{name:path}", "Run", "run.html", nav=False),
+    Page("/compare", "Compare", "compare.html"),
+    Page("/new", "Start a run", "new.html"),
     Page("/data", "Data", "data.html"),
     Page("/eval", "Eval", "eval.html"),
     Page("/playground", "Playground", "playground.html"),
@@ -40,6 +42,8 @@ PAGES: list[Page] = [
 # "module:attribute" of each APIRouter, imported when the app is built.
 ROUTERS: list[str] = [
     "tunesmith.ui.runs_api:router",
+    "tunesmith.ui.compare_api:router",
+    "tunesmith.ui.launch_api:router",
     "tunesmith.ui.data_api:router",
     "tunesmith.ui.eval_api:router",
     "tunesmith.ui.playground_api:router",

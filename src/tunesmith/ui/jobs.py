@@ -107,7 +107,7 @@ def start(runs_dir: Path, name: str, config_path: Path, *, resume: bool = False,
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=str(cwd or runs_dir), start_new_session=True)
-    job = {"name": name, "config": str(config_path), "command": cmd[2:], "pid": proc.pid, "started": time.time(),
+    job = {"name": name, "config": str(config_path), "command": cmd[2:], "cwd": str(cwd or runs_dir), "pid": proc.pid, "started": time.time(),
            "resume": resume, "log": str(log), "returncode": None, "stopped": False}
     _write(runs_dir, job)
     with _lock:
