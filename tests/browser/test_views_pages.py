@@ -72,8 +72,11 @@ def _eval_results() -> dict:
              "arc": {"name": "arc", "metric": "acc", "source": "a.jsonl", "n": 10, "scores": {"acc": 0.7}, "records": []}}
     base = {"gsm8k": {**model["gsm8k"], "scores": {"exact_match": 0.5}, "records": recs("base", 5)},
             "arc": {**model["arc"], "scores": {"acc": 0.6}}}
+    judged = lambda side, ratings: {"scores": {"rating": sum(ratings) / 2, "unparsed": 0}, "n": 2, "records": [  # noqa: E731
+        {"question": q, "answer": f"{side} on {q}", "rating": r, "judge_output": f"Fine. [[{r:g}]]"} for q, r in zip(("Why?", "How?"), ratings)]}
     return {"model": {"label": "model", "path": "tiny", "adapter": "run/adapter"}, "base": {"label": "base", "path": "tiny", "adapter": ""},
-            "config": {"regression_threshold": 0.02}, "results": {"model": model, "base": base}}
+            "config": {"regression_threshold": 0.02}, "results": {"model": model, "base": base},
+            "judge": {"judge": "local judge", "mode": "single", "model": judged("tuned", [8, 7]), "base": judged("base", [6, 7])}}
 
 
 def test_eval_view_marks_the_regression(ui_server, page, tmp_path, shot):
@@ -94,6 +97,10 @@ def test_eval_view_marks_the_regression(ui_server, page, tmp_path, shot):
     assert "1 regression past the threshold" in page.inner_text("#eval-verdict")
     first = page.query_selector('.sample[data-index="0"]')
     assert "tuned says 0" in first.inner_text() and "base says 0" in first.inner_text()
+    judge = page.inner_text("#judge-table")
+    assert "tuned on Why?" in judge and "rating 8.0" in judge and "base on Why?" in judge and "rating 6.0" in judge
+    judge_row = page.query_selector('#eval-table tr[data-task="judge"]')  # the judge's mean rating 7.5 vs 6.5: better
+    assert judge_row.get_attribute("data-regression") == "false" and "better" in judge_row.inner_text()
     shot(page, "eval-view")
     page.fill("#eval-threshold", "0.2")  # 10 points is inside 20: no regression
     page.click("#eval-form button[type=submit]")
@@ -117,6 +124,7 @@ def live_serve(tiny_dir, tmp_path_factory):
         yield url
 
 
+@pytest.mark.integration
 def test_playground_streams_base_and_adapter_side_by_side(ui_server, page, tmp_path, live_serve, shot):
     from serve_helpers import post
 
@@ -139,8 +147,9 @@ def test_playground_streams_base_and_adapter_side_by_side(ui_server, page, tmp_p
     page.fill("#pg-max-tokens", "16")
     page.fill("#pg-message", prompt)
     page.click("#pg-send")
-    page.wait_for_selector('#col-a[data-state="done"]', timeout=120_000)
-    page.wait_for_selector('#col-b[data-state="done"]', timeout=120_000)
+    # generous: on a quiet machine this takes seconds; on a shared 2-core one tokens come at ~1/s
+    page.wait_for_selector('#col-a[data-state="done"]', timeout=300_000)
+    page.wait_for_selector('#col-b[data-state="done"]', timeout=300_000)
     for col, model in (("#col-a", "tiny"), ("#col-b", "tuned")):
         assert page.get_attribute(col, "data-model") == model
         assert page.eval_on_selector(f"{col} .turn.assistant", "e => e.textContent") == want[model]
