@@ -98,7 +98,7 @@ def test_eval_view_marks_the_regression(ui_server, page, tmp_path, shot):
     first = page.query_selector('.sample[data-index="0"]')
     assert "tuned says 0" in first.inner_text() and "base says 0" in first.inner_text()
     judge = page.inner_text("#judge-table")
-    assert "tuned on Why?" in judge and "rating 8.0" in judge and "base on Why?" in judge and "rating 6.0" in judge
+    assert "tuned on Why?" in judge and "rating 8" in judge and "base on Why?" in judge and "rating 6" in judge
     judge_row = page.query_selector('#eval-table tr[data-task="judge"]')  # the judge's mean rating 7.5 vs 6.5: better
     assert judge_row.get_attribute("data-regression") == "false" and "better" in judge_row.inner_text()
     shot(page, "eval-view")
@@ -157,8 +157,10 @@ def test_playground_streams_base_and_adapter_side_by_side(ui_server, page, tmp_p
     shot(page, "playground")
     # the key went to the server only: no page, script or API answer carries it
     assert KEY not in page.content()
-    bodies = [r.text() for r in seen if r.ok]
-    assert len(bodies) >= 6 and not any(KEY in b for b in bodies)  # page, css, 2 scripts, models, 2 streams
+    # (Chromium keeps no copy of a streamed body; what streams is the models' tokens)
+    read = {r.url.split("/", 3)[-1]: r.text() for r in seen if r.ok and "event-stream" not in r.headers.get("content-type", "")}
+    assert {"playground", "api/playground/models", "static/playground.js"} <= set(read)
+    assert not any(KEY in body for body in read.values())
 
 
 class _GatedServe(BaseHTTPRequestHandler):

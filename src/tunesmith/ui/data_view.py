@@ -110,6 +110,8 @@ class DataView:
         # Bad rows are shown as drops rather than stopping the page; the counts say what training would do.
         self._read_cfg = source.data.model_copy(update={"on_error": "skip"})
         self._lock = threading.Lock()
+        # A fast tokenizer shared by threads can fail with "Already borrowed": one encode at a time.
+        self._tok_lock = threading.Lock()
         self._examples: dict[str, tuple[list, Any]] = {}
         self._hist: dict[str, dict] = {}
 
@@ -144,7 +146,8 @@ class DataView:
         dropped: Counter = Counter()
         notes: list[str] = []
         try:
-            out = encode_all([example], self.tok, self._read_cfg, dropped, notes)
+            with self._tok_lock:
+                out = encode_all([example], self.tok, self._read_cfg, dropped, notes)
         except UserError as e:  # data.overlength: error, or a template that cannot be masked
             return [], str(e)
         if not out:
@@ -164,12 +167,14 @@ class DataView:
         for i in range(offset, min(offset + limit, len(examples))):
             ex = examples[i]
             blocks, why = self.encode(ex)
+            with self._tok_lock:
+                pieces = [label_pieces(self.tok, b.input_ids, b.labels) for b in blocks]
             rows.append({
                 "index": i, "where": ex.where, "kind": "conversation" if isinstance(ex, Conversation) else "text",
                 "messages": ex.messages if isinstance(ex, Conversation) else None,
                 "dropped": why,
-                "segments": [{"n_tokens": len(b), "n_labels": b.n_labels,
-                              "tokens": [[t, on] for t, on in label_pieces(self.tok, b.input_ids, b.labels)]} for b in blocks],
+                "segments": [{"n_tokens": len(b), "n_labels": b.n_labels, "tokens": [[t, on] for t, on in p]}
+                             for b, p in zip(blocks, pieces)],
             })
         return {"split": split, "offset": offset, "limit": limit, "total": len(examples), "rows": rows}
 
