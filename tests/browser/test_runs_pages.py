@@ -6,6 +6,8 @@ import json
 import math
 import re
 
+import pytest
+
 from ui_runs import write_run
 
 
@@ -59,3 +61,42 @@ def test_run_page_draws_the_loss_curve_from_metrics(ui_server, page, tmp_path, s
     assert img.get_attribute("src") == "/api/run-file/sft-a?file=loss.png"
     assert page.evaluate("el => el.complete && el.naturalWidth > 0", img)  # the image was served and decoded
     shot(page, "run-page")
+
+
+def test_run_page_follows_a_live_run(ui_server, page, tmp_path):
+    """New lines in metrics.jsonl extend the curves without a reload; a torn last line waits for its end."""
+    from tunesmith.train.metrics import MetricsLog
+    from ui_runs import curve
+
+    runs = tmp_path / "runs"
+    records = curve(12)
+    run = write_run(runs, "live", finished=False, records=records[:5])
+    page.goto(ui_server(runs) + "/runs/live")
+    page.wait_for_selector('#chart-loss path[data-series="loss"]')
+    count = 'document.querySelector(\'#chart-loss path[data-series="loss"]\').getAttribute("d").split("L").length'
+    assert page.evaluate(count) == 5
+    assert page.inner_text("#run-status") == "running"
+    with MetricsLog(run / "metrics.jsonl") as log:
+        for r in records[5:9]:
+            log.log(r)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 10, "loss": 1.')  # a write in progress
+    page.wait_for_function(f"{count} === 9", timeout=20_000)
+    assert page.query_selector("#run-problems .error-box") is None  # a torn tail is not a problem
+
+
+def test_hovering_a_chart_shows_the_values_at_that_step(ui_server, page, tmp_path):
+    runs = tmp_path / "runs"
+    run = write_run(runs, "a", steps=20, full_report=False)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    page.goto(ui_server(runs) + "/runs/a")
+    svg = page.wait_for_selector("#chart-lr svg")
+    left, width = float(svg.get_attribute("data-left")), float(svg.get_attribute("data-plot-w"))
+    # step 10 of 1..20 lies at 9/19 of the plot's width
+    page.hover("#chart-lr rect.overlay", position={"x": width * 9 / 19, "y": 20})
+    tip = page.wait_for_selector("#chart-lr text.tip[visibility=visible]")
+    lines = [t.text_content() for t in tip.query_selector_all("tspan")]
+    assert lines[0] == "step 10"
+    mantissa, exponent = f"{records[9]['lr']:.2e}".split("e")  # TS.fmt: JavaScript's toExponential(2), 5.24e-4
+    assert lines[1] == f"lr: {mantissa}e{int(exponent)}"
+    assert float(page.get_attribute("#chart-lr line.hover", "x1")) == pytest.approx(left + width * 9 / 19, abs=0.01)

@@ -149,3 +149,56 @@ def test_api_lists_runs_and_compares_two(tmp_path):
     m = c.get("/api/run-metrics/a", params={"after": 15}).json()
     assert [x["step"] for x in m["records"]] == [16, 17, 18, 19, 20]
     assert c.get("/api/run-metrics/a", params={"after": 25}).json()["restart"]  # cut back by a resume
+
+
+def test_every_static_file_ships_in_the_package_and_every_reference_exists():
+    """A page that loads /static/X needs X in static/, and the wheel needs every file in static/
+    (pyproject's package-data globs; setuptools takes nothing else)."""
+    import fnmatch
+    import re
+    import tomllib
+
+    import tunesmith.ui.layout as layout
+
+    pkg = Path(layout.__file__).parents[1]  # src/tunesmith
+    root = pkg.parents[1]
+    globs = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tunesmith"]
+    files = [p.relative_to(pkg).as_posix() for p in (pkg / "ui" / "static").rglob("*") if p.is_file()]
+    assert files and not [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    html = [layout.STATIC / "layout.html", *(layout.STATIC / "pages").glob("*.html")]
+    refs = {m for page in html for m in re.findall(r'(?:src|href)="/static/([^"]+)"', page.read_text())}
+    assert {"common.js", "base.css", "runs.js", "run.js", "curves.js", "compare.js", "new.js"} <= refs
+    assert not [r for r in refs if not (layout.STATIC / r).is_file()]
+
+
+def test_resume_and_stop_refusals(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "done", full_report=False)
+    c = client(runs, allow_train=True)
+    r = c.post("/api/resume/done", headers=WRITE)
+    assert r.status_code == 409 and "has finished" in r.json()["error"]
+    r = c.post("/api/stop/done", headers=WRITE)
+    assert r.status_code == 409 and "no process running from this dashboard" in r.json()["error"]
+    assert c.post("/api/resume/nope", headers=WRITE).status_code == 404
+    assert not (runs / ".tunesmith-ui").exists()
+
+
+def test_resume_plan_finds_the_directory_a_relative_output_dir_starts_at(tmp_path):
+    import yaml
+
+    from tunesmith.ui.launch_api import resume_plan
+
+    run = write_run(tmp_path / "proj" / "runs", "r", finished=False).resolve()
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert resume_plan(run, None) == (run / "config.yaml", run.parent)  # absolute output_dir
+    for out, ok in (("runs/r", True), ("r", True), ("elsewhere/r", False)):
+        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "output_dir": out}))
+        if ok:
+            config, cwd = resume_plan(run, None)
+            assert (cwd / out).resolve() == run
+        else:
+            with pytest.raises(LookupError, match="not where it is"):
+                resume_plan(run, None)
+    launched = tmp_path / "launched.yaml"
+    launched.write_text("x")
+    assert resume_plan(run, {"config": str(launched), "cwd": "/somewhere"}) == (launched, Path("/somewhere"))

@@ -119,3 +119,17 @@ def test_config_diff_lists_only_differing_keys():
         {"key": "train.lr", "values": [1e-3, 5e-4, 1e-3]},
     ]
     assert config_diff([a, a]) == []
+
+
+def test_metrics_are_reread_only_when_the_file_changes(tmp_path):
+    from tunesmith.ui.metrics import read_run_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n')
+    first = read_run_metrics(path)
+    assert read_run_metrics(path) is first  # unchanged: the parsed copy
+    with open(path, "a") as f:
+        f.write('{"step": 2, "loss": 1.5}\n')
+    assert [r["step"] for r in read_run_metrics(path).records] == [1, 2]
+    path.unlink()
+    assert read_run_metrics(path).records == []

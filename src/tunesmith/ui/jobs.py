@@ -100,14 +100,15 @@ def start(runs_dir: Path, name: str, config_path: Path, *, resume: bool = False,
     root = jobs_dir(runs_dir)
     root.mkdir(parents=True, exist_ok=True)
     log = root / f"{job_id(name)}.log"
-    cmd = [sys.executable, "-m", "tunesmith.cli", "train", str(config_path)] + (["--resume"] if resume else [])
+    # train_child: `tunesmith train` with Ctrl-C's handler restored, so Stop (SIGINT) works (train_child.py)
+    cmd = [sys.executable, "-m", "tunesmith.ui.train_child", "train", str(config_path)] + (["--resume"] if resume else [])
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "ab") as out:
-        out.write(f"$ {' '.join(cmd[2:])}\n".encode())
+        out.write(f"$ tunesmith {' '.join(cmd[3:])}\n".encode())
         out.flush()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 cwd=str(cwd or runs_dir), start_new_session=True)
-    job = {"name": name, "config": str(config_path), "command": cmd[2:], "cwd": str(cwd or runs_dir), "pid": proc.pid, "started": time.time(),
+    job = {"name": name, "config": str(config_path), "command": ["tunesmith", *cmd[3:]], "cwd": str(cwd or runs_dir), "pid": proc.pid, "started": time.time(),
            "resume": resume, "log": str(log), "returncode": None, "stopped": False}
     _write(runs_dir, job)
     with _lock:
@@ -128,7 +129,7 @@ def _watch(runs_dir: Path, job: dict, proc: subprocess.Popen) -> None:
 def stop(runs_dir: Path, name: str) -> dict:
     """SIGINT now; SIGTERM, then SIGKILL, if the process is still there after the grace period."""
     job = read_job(runs_dir, name)
-    if job is None or job.get("returncode") is not None or not _alive(int(job["pid"])):
+    if job is None or job.get("returncode") is not None or not _alive(int(job["pid"])) or not _is_ours(int(job["pid"]), job):
         raise LookupError(f"run {name} has no process running from this dashboard")
     _write(runs_dir, {**job, "stopped": True})
     pid = int(job["pid"])

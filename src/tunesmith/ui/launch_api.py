@@ -133,8 +133,9 @@ def api_resume(name: str, request: Request):
     with _start_lock:
         job = jobs.read_job(s.runs_dir, name)
         info = describe(run, s.runs_dir, job)
-        if info.status == "running":
-            return _refuse(409, f"run {name} is running; stop it first")
+        if info.status in ("running", "finished"):
+            why = "is running; stop it first" if info.status == "running" else "has finished; start a new run to train more"
+            return _refuse(409, f"run {name} {why}")
         if not info.checkpoints:
             return _refuse(409, f"run {name} has no complete checkpoint to resume from (train.save_every)")
         try:

@@ -50,14 +50,30 @@ def parse_metrics(text: str, label: str = "metrics.jsonl") -> Metrics:
     return out
 
 
+_cache: dict[Path, tuple[tuple[int, int], Metrics]] = {}
+CACHE_RUNS = 256
+
+
 def read_run_metrics(path: Path) -> Metrics:
-    if not path.is_file():
+    """Parsed metrics.jsonl, re-read only when its size or mtime changed: the table polls every run
+    every few seconds, and a long run's log has tens of thousands of lines."""
+    try:
+        st = path.stat()
+    except OSError:
         return Metrics()
+    key = (st.st_mtime_ns, st.st_size)
+    hit = _cache.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
     try:
         text = path.read_bytes().decode("utf-8", errors="replace")
     except OSError as e:
         return Metrics(problems=[f"{path.name}: unreadable ({e.strerror})"])
-    return parse_metrics(text, path.name)
+    parsed = parse_metrics(text, path.name)
+    if len(_cache) >= CACHE_RUNS:
+        _cache.pop(next(iter(_cache)))
+    _cache[path] = (key, parsed)
+    return parsed
 
 
 def curve_keys(records: list[dict]) -> list[str]:

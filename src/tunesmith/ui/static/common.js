@@ -3,7 +3,7 @@
  *   TS.postJSON(url, body)       -> Promise<{ok, status, data}>; never rejects on HTTP errors
  *   TS.el(tag, attrs, ...kids)   -> Element; kids are nodes or strings (inserted as text, never markup)
  *   TS.lineChart(box, series, o) -> <svg>; series [{name, points: [[x, y], ...], color?, dashed?}],
- *                                   o {title, xLabel, yLabel, logY, width, height}; replaces box's content
+ *                                   o {title, xLabel, yLabel, logY, width (default: box's), height=260}; replaces box's content
  *   TS.poll(fn, ms)              -> stop(); calls async fn now and every ms until stop() or fn returns false
  *   TS.fmt(x, digits), TS.fmtDuration(seconds), TS.color(i), TS.allowTrain()
  * Anything read from a run directory is data: put it in with TS.el / textContent, never innerHTML.
@@ -85,7 +85,9 @@
    * recompute every path vertex from the data: px = left + (x - xmin) / (xmax - xmin) * w,
    * py = top + h - (y' - ymin) / (ymax - ymin) * h with y' = log10(y) when data-log-y is "true". */
   function lineChart(box, series, o) {
-    o = Object.assign({width: 440, height: 240, title: "", xLabel: "step", yLabel: "", logY: false}, o || {});
+    // width: the box's, when it is laid out (the charts grid sizes it), else 440
+    o = Object.assign({width: Math.max(360, Math.min(900, box.clientWidth || 440)), height: 260, title: "", xLabel: "step",
+                       yLabel: "", logY: false}, o || {});
     const m = {left: 58, right: 14, top: 26, bottom: 32};
     const w = o.width - m.left - m.right, h = o.height - m.top - m.bottom;
     const ty = y => (o.logY ? Math.log10(y) : y);
@@ -123,7 +125,33 @@
       root.appendChild(path);
       if (s.points.length === 1) root.appendChild(svg("circle", {cx: px(s.points[0][0]), cy: py(s.points[0][1]), r: 3, fill: s.color}));
     }
+    hover(root, clean, {m, w, h, xmin, xmax, px, py});
     return root;
+  }
+
+  /* Values under the mouse: the step nearest the pointer, and each series' value at its nearest step. */
+  function hover(root, series, g) {
+    const line = svg("line", {class: "hover", y1: g.m.top, y2: g.m.top + g.h, stroke: "#98a2b3", visibility: "hidden"});
+    const tip = svg("text", {class: "hover tip", visibility: "hidden"});
+    const overlay = svg("rect", {class: "overlay", x: g.m.left, y: g.m.top, width: g.w, height: g.h, fill: "transparent"});
+    root.append(line, tip, overlay);
+    const nearest = (pts, x) => pts.reduce((best, p) => (Math.abs(p[0] - x) < Math.abs(best[0] - x) ? p : best), pts[0]);
+    overlay.addEventListener("mousemove", ev => {
+      const box = root.getBoundingClientRect();
+      const x = g.xmin + (ev.clientX - box.left - g.m.left) / g.w * (g.xmax - g.xmin);
+      const hits = series.filter(s => s.points.length).map(s => [s, nearest(s.points, x)]);
+      if (!hits.length) return;
+      const step = nearest(hits.map(([, p]) => p), x)[0], at = g.px(step);
+      line.setAttribute("x1", at); line.setAttribute("x2", at); line.setAttribute("visibility", "visible");
+      tip.replaceChildren(svg("tspan", {x: 0, dy: 0}, `step ${fmt(step, 0)}`),
+        ...hits.map(([s, p]) => svg("tspan", {x: 0, dy: 13, fill: s.color}, `${s.name}: ${fmt(p[1], 5)}${p[0] === step ? "" : ` (step ${p[0]})`}`)));
+      const right = at > g.m.left + g.w / 2;
+      tip.setAttribute("transform", `translate(${right ? at - 8 : at + 8}, ${g.m.top + 12})`);
+      tip.setAttribute("text-anchor", right ? "end" : "start");
+      for (const t of tip.children) t.setAttribute("x", 0);
+      tip.setAttribute("visibility", "visible");
+    });
+    overlay.addEventListener("mouseleave", () => { line.setAttribute("visibility", "hidden"); tip.setAttribute("visibility", "hidden"); });
   }
 
   function poll(fn, ms) {

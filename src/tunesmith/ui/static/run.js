@@ -32,7 +32,7 @@
     $("run-actions").hidden = !actions;
     if (actions) {
       $("stop-run").disabled = info.status !== "running" || !info.job;
-      $("resume-run").disabled = info.status === "running" || !(info.checkpoints || []).length;
+      $("resume-run").disabled = !["interrupted", "failed"].includes(info.status) || !(info.checkpoints || []).length;
     }
   }
 
@@ -62,7 +62,10 @@
   $("stop-run").addEventListener("click", () => act("stop"));
   $("resume-run").addEventListener("click", () => act("resume"));
 
+  let tick = 0;
   TS.poll(async () => {
+    // every 2 s while the run is running (or starting); every 10 s otherwise, in case it is resumed elsewhere
+    if (tick++ % 5 !== 0 && state.status !== null && state.status !== "running") return true;
     try { return await refresh(); }
     catch (e) { $("run-reason").textContent = "could not load the run: " + e.message; return true; }
   }, 2000);
