@@ -6,7 +6,8 @@
 
 The before/after table is `evaluate.compare.compare` over the same per-side scores the eval used,
 so a row is marked a regression here exactly when report.md marks it. Samples and judge verdicts
-are read a page at a time: a page reads at most offset + limit lines of a file.
+are read a page at a time: a page parses at most `limit` lines (and a sample file's lines are
+counted once per opened view).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class EvalView:
     def __init__(self, directory: str | Path):
         self.dir = Path(directory).expanduser()
         self.results = load_results(self.dir)
+        self._counts: dict[Path, int] = {}
 
     def threshold(self) -> float:
         return float((self.results.get("config") or {}).get("regression_threshold", 0.02))
@@ -123,7 +125,9 @@ class EvalView:
             path = sample_file(self.dir, side, task)
             if path.is_file():
                 pages[side] = read_lines(path, offset, limit)
-                total = max(total, count_lines(path))
+                if path not in self._counts:
+                    self._counts[path] = count_lines(path)
+                total = max(total, self._counts[path])
         if not pages:
             raise UserError(f"{sample_file(self.dir, 'model', task)}: missing; the samples of {task!r} were not written ({_fix(self.dir)})")
         n = max(len(p) for p in pages.values())

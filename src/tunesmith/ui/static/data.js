@@ -2,7 +2,7 @@
  * so a view can be linked and reloaded. Token text is inserted as text nodes, never markup. */
 (function () {
   "use strict";
-  const {el, svg, getJSON, fmt} = TS;
+  const {el, svg, getJSON} = TS;
   const PAGE = 10;
   const $ = id => document.getElementById(id);
 

@@ -59,12 +59,11 @@
         el("div", {class: "pair"}, sides.map(side => el("div", {"data-side": side},
           el("b", {}, side === "model" ? "fine-tune" : side), el("pre", {}, answerOf(r[side])), scoreLine(r[side])))));
     }));
-    const s = state(), go = off => { setQuery({offset: off}); loadSamples(); };
+    const go = off => { setQuery({offset: off}); loadSamples(); };
     $("eval-pager").replaceChildren(
       el("button", {type: "button", disabled: p.offset <= 0, onclick: () => go(Math.max(0, p.offset - PAGE))}, "◀"),
       el("span", {}, p.total ? `${p.offset}–${Math.min(p.total, p.offset + PAGE) - 1} of ${p.total}` : "none"),
       el("button", {type: "button", disabled: p.offset + PAGE >= p.total, onclick: () => go(p.offset + PAGE)}, "▶"));
-    void s;
   }
 
   async function loadSamples() {
