@@ -146,3 +146,27 @@ def test_chat_request_is_checked():
         ChatRequest(model="m", messages=[{"role": "tool", "content": "x"}])
     with pytest.raises(ValidationError):
         ChatRequest(model="m", messages=[{"role": "user", "content": "x"}], temperature=3)
+
+
+def test_relay_reports_a_server_that_stops_mid_answer_and_hangs_up():
+    class Dying:
+        closed = False
+
+        def __init__(self):
+            self.events = iter(['{"choices": [{"index": 0, "delta": {"content": "Hi"}}]}'])
+
+        def next_event(self):
+            for e in self.events:
+                return e
+            raise TimeoutError("timed out")
+
+        def close(self):
+            Dying.closed = True
+
+    async def collect():
+        return [x async for x in relay(Dying())]
+
+    out = asyncio.run(collect())
+    assert out[0].startswith('data: {"choices"') and out[-1] == "data: [DONE]\n\n"
+    assert json.loads(out[1][len("data: "):])["error"]["message"] == "the server stopped answering (timed out)"
+    assert Dying.closed
