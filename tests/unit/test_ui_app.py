@@ -32,9 +32,12 @@ def test_any_other_host_needs_a_token():
         check_options("runs", "0.0.0.0", 7860, None)
     with pytest.raises(UserError, match="--host example.org"):
         check_options("runs", "example.org", 7860, "")
-    check_options("runs", "0.0.0.0", 7860, "s3cret")
+    check_options("runs", "0.0.0.0", 7860, "s3cret-token")
     for host in ("127.0.0.1", "localhost", "::1"):
         check_options("runs", host, 7860, None)
+    for bad in ("short", "has space in it", "semi;colon-token", "plus+sign+token"):
+        with pytest.raises(UserError, match="--token: use at least 8 letters"):
+            check_options("runs", "0.0.0.0", 7860, bad)
     with pytest.raises(UserError, match="--port must be between 1 and 65535"):
         check_options("runs", "127.0.0.1", 0, None)
 

@@ -133,3 +133,15 @@ def test_metrics_are_reread_only_when_the_file_changes(tmp_path):
     assert [r["step"] for r in read_run_metrics(path).records] == [1, 2]
     path.unlink()
     assert read_run_metrics(path).records == []
+
+
+def test_log_tail_keeps_the_last_state_of_each_progress_line(tmp_path):
+    from tunesmith.ui.jobs import job_status, tail
+
+    log = tmp_path / "train.log"
+    log.write_text("$ tunesmith train c.yaml\ntrain: 1/9\rtrain: 5/9\rtrain: 9/9\ndone: reached 9 steps\n\n")
+    assert tail({"log": str(log)}) == ["$ tunesmith train c.yaml", "train: 9/9", "done: reached 9 steps"]
+    assert tail({"log": str(log)}, 1) == ["done: reached 9 steps"]
+    # Stop that came after the end: the exit code says it finished
+    assert job_status({"returncode": 0, "stopped": True, "log": str(log)})[0] == "finished"
+    assert job_status({"returncode": 2, "log": str(log)}) == ("failed", "tunesmith train exited 2; last log line: done: reached 9 steps")

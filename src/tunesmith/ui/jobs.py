@@ -69,10 +69,10 @@ def job_status(job: dict) -> tuple[str, str] | None:
         if job.get("pid") and _alive(int(job["pid"])) and _is_ours(int(job["pid"]), job):
             return "running", f"process {job['pid']} started from the dashboard"
         return None
+    if rc == 0:  # also when Stop came too late to stop it
+        return "finished", "tunesmith train exited 0"
     if job.get("stopped"):
         return "interrupted", "stopped from the dashboard; Resume continues from the newest checkpoint"
-    if rc == 0:
-        return "finished", "tunesmith train exited 0"
     last = tail(job, 1)
     return "failed", f"tunesmith train exited {rc}; last log line: {last[0] if last else '(empty)'}"
 
@@ -92,7 +92,8 @@ def tail(job: dict, lines: int = 40) -> list[str]:
     except (OSError, KeyError):
         return []
     # tqdm redraws one line with \r; the page wants the latest state of each line
-    return [ln.rsplit("\r", 1)[-1] for ln in text.splitlines() if ln.strip()][-lines:]
+    # (split on "\n" only: str.splitlines would make every redraw a line of its own)
+    return [ln.rsplit("\r", 1)[-1] for ln in text.split("\n") if ln.rsplit("\r", 1)[-1].strip()][-lines:]
 
 
 def start(runs_dir: Path, name: str, config_path: Path, *, resume: bool = False, cwd: Path | None = None) -> dict:

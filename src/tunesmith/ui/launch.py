@@ -4,6 +4,7 @@ token on any other address), then uvicorn."""
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 from ..errors import UserError
@@ -13,6 +14,9 @@ from ..serve.auth import check_bind, is_loopback
 def check_options(runs: str | Path, host: str, port: int, token: str | None) -> Path:
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
+    if token and not re.fullmatch(r"[A-Za-z0-9._~-]{8,}", token):
+        raise UserError("--token: use at least 8 letters, digits or . _ ~ - (it travels in the printed URL and a cookie); "
+                        "e.g. --token \"$(openssl rand -hex 16)\"")
     check_bind(host, token, flag="--token", how="open the printed URL, or send `Authorization: Bearer KEY`",
                what="the dashboard")
     runs = Path(runs).expanduser()

@@ -55,8 +55,10 @@ def check_form(values: dict, runs_dir: Path) -> tuple[str, dict, dict]:
     errors: dict[str, str] = {}
     if problem := check_name(name):
         errors[NAME_FIELD] = problem
-    elif (runs_dir / name).exists() or jobs.read_job(runs_dir, name) is not None:
-        errors[NAME_FIELD] = f"{runs_dir / name} already exists (or was launched); choose a new name, or resume that run from its page"
+    elif (runs_dir / name).exists():
+        errors[NAME_FIELD] = f"{runs_dir / name} already exists; choose a new name, or resume that run from its page"
+    elif (job := jobs.read_job(runs_dir, name)) is not None and (jobs.job_status(job) or ("",))[0] == "running":
+        errors[NAME_FIELD] = f"a run named {name} is starting (loading its model and data); choose a new name"
     raw, form_errors = form_to_config(values, str(runs_dir / (name or "unnamed")))
     errors.update(form_errors)
     if EXTRA_FIELD not in errors:
