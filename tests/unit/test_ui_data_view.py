@@ -160,3 +160,11 @@ def test_bad_paths_say_what_to_give(tmp_path):
         resolve_source(tmp_path / "x.jsonl")
     with pytest.raises(UserError, match="neither a directory written by `tunesmith prepare`"):
         resolve_source(tmp_path)
+
+
+def test_preference_rows_are_refused_with_the_reason(prepared):
+    m = json.loads((prepared / "manifest.json").read_text())
+    m["inputs"][0]["format"] = "preference"
+    (prepared / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(UserError, match="holds preference rows; the Data page shows SFT data"):
+        resolve_source(prepared)

@@ -66,6 +66,10 @@ def resolve_source(path: str | Path, tokenizer: str = "", overrides: list[str] |
         raise UserError(f"{p}: no such file or directory; give a directory written by `tunesmith prepare` or a run config YAML")
     if p.is_dir():
         manifest = read_manifest(p)
+        kinds = {i.get("format") for i in manifest.get("inputs", []) if isinstance(i, dict)} & {"preference", "kto"}
+        if kinds:  # training encodes these as chosen/rejected pairs, not as one labelled sequence
+            raise UserError(f"{p}: holds {', '.join(sorted(kinds))} rows; the Data page shows SFT data (conversations, "
+                            "instructions, text). Its manifest.json and prepare_report.md have the counts")
         d = manifest.get("data") or {}
         data = DataConfig(train=[str(p)], format=d.get("format", "auto"), columns=d.get("columns") or {},
                           max_length=d.get("max_length", 2048), on_error=d.get("on_error", "raise"))
