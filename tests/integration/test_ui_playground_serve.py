@@ -5,6 +5,7 @@ for token, as the server's own non-streamed greedy answer."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 
 import pytest
@@ -17,6 +18,13 @@ from tunesmith.ui.playground import ChatRequest, PlaygroundError, ServeClient, r
 
 pytestmark = pytest.mark.integration
 KEY = "sk-ui-playground"
+
+
+def _run_async(coro):
+    """asyncio.run in a thread of its own: Playwright's sync API (the browser tests, in the same
+    session) leaves an event loop running in the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +43,7 @@ def _streamed(client: ServeClient, model: str, prompt: str) -> tuple[str, int]:
         req = ChatRequest(model=model, messages=[{"role": "user", "content": prompt}], max_tokens=12)
         return [x async for x in relay(client.chat_stream(req))]
 
-    events = asyncio.run(go())
+    events = _run_async(go())
     assert events[-1] == "data: [DONE]\n\n"
     chunks = [json.loads(e[len("data: "):]) for e in events[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])

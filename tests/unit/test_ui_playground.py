@@ -5,6 +5,7 @@ tests/integration/test_ui_playground_serve.py."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import socket
 import threading
@@ -17,6 +18,13 @@ from tunesmith.errors import UserError
 from tunesmith.ui.playground import ChatRequest, PlaygroundError, ServeClient, check_serve_url, relay, safe_url
 
 KEY = "sk-secret-playground-key"
+
+
+def _run_async(coro):
+    """asyncio.run in a thread of its own: Playwright's sync API (the browser tests, in the same
+    session) leaves an event loop running in the main thread, where asyncio.run refuses to start."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _free_port() -> int:
@@ -109,7 +117,7 @@ def test_relay_frames_events_for_the_page(stub):
     async def collect():
         return [x async for x in relay(ServeClient(stub, KEY).chat_stream(_chat("tiny")))]
 
-    out = asyncio.run(collect())
+    out = _run_async(collect())
     assert out[-1] == "data: [DONE]\n\n" and len(out) == 3 and all(x.startswith("data: ") and x.endswith("\n\n") for x in out)
 
 
@@ -166,7 +174,7 @@ def test_relay_reports_a_server_that_stops_mid_answer_and_hangs_up():
     async def collect():
         return [x async for x in relay(Dying())]
 
-    out = asyncio.run(collect())
+    out = _run_async(collect())
     assert out[0].startswith('data: {"choices"') and out[-1] == "data: [DONE]\n\n"
     assert json.loads(out[1][len("data: "):])["error"]["message"] == "the server stopped answering (timed out)"
     assert Dying.closed
