@@ -54,6 +54,27 @@ def test_data_view_highlights_exactly_the_labelled_tokens(ui_server, page, tmp_p
     _check_rows(page, examples, tok, 10, 10)
 
 
+def test_data_view_of_a_prepared_directory_shows_why_rows_were_dropped(ui_server, page, tmp_path, tiny_dir, tok):
+    from tunesmith.api import prepare
+
+    rows = [{"instruction": f"Say {w}.", "output": f"{w} {w}."} for w in ("red", "blue", "green", "cat", "dog", "sun")]
+    rows += [rows[0], {"instruction": "What?", "output": "N/A"}]  # line 7: an exact duplicate; line 8: a placeholder
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    runs = tmp_path / "runs"
+    manifest = prepare(input=[str(src)], out=runs / "prepared", tokenizer=str(tiny_dir), overrides=["prepare.progress=false"])
+    page.goto(ui_server(runs) + "/data?path=prepared")
+    page.wait_for_selector('#data-rows[data-loaded="train:0"]')
+    steps = page.inner_text("#prepare-steps")
+    for s in manifest["steps"]:
+        for reason, n in s["dropped"].items():
+            assert f"{n} × {reason}" in steps
+    assert "in.jsonl:7" in steps and "in.jsonl:8" in steps
+    assert len(page.query_selector_all("#data-rows .data-row")) == manifest["splits"]["train"] == 6
+    labelled = {"".join(t for t, lab in r["tokens"] if lab) for r in page.evaluate(ROWS_JS)}
+    assert labelled == {f"{r['output']}<|im_end|>" for r in rows[:6]}  # each kept answer, and only the answers
+
+
 def test_data_view_says_what_is_wrong(ui_server, page, tmp_path):
     runs = tmp_path / "runs"
     (runs / "half" / "train").mkdir(parents=True)
