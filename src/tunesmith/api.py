@@ -11,7 +11,7 @@ from .train.run import train
 
 def inspect_data(config: str | Path, overrides: list[str] | None = None, show: int = 2) -> str:
     """Token-length statistics of a config's data and the label mask of a few examples, as text."""
-    from .data.encode import IGNORE_INDEX
+    from .data.inspect import bracketed, label_pieces
     from .data.pipeline import prepare_data
     from .models.loading import load_tokenizer
 
@@ -25,14 +25,7 @@ def inspect_data(config: str | Path, overrides: list[str] | None = None, show: i
     for row in data.train[:show]:
         for seg in row.segments[:1]:
             lines.append(f"\n--- {seg.where} ({len(seg)} tokens, {seg.n_labels} labels); [[labelled]] ---")
-            text, open_ = [], False
-            for tid, lab in zip(seg.input_ids, seg.labels):
-                on = lab != IGNORE_INDEX
-                if on != open_:
-                    text.append("[[" if on else "]]")
-                    open_ = on
-                text.append(tok.decode([tid]))
-            lines.append("".join(text) + ("]]" if open_ else ""))
+            lines.append(bracketed(label_pieces(tok, seg.input_ids, seg.labels)))
     return "\n".join(lines)
 
 
@@ -85,11 +78,11 @@ def serve(model: str | Path, adapters: list[str] | None = None, engine: str = "b
 
 
 def ui(runs: str | Path = "runs", host: str = "127.0.0.1", port: int = 7860, token: str | None = None,
-       allow_train: bool = False) -> int:
+       allow_train: bool = False, serve_url: str = "", serve_key: str = "") -> int:
     """The local web dashboard over the run directories under `runs` until interrupted (tunesmith.ui)."""
     from .ui.launch import run_ui
 
-    return run_ui(runs, host=host, port=port, token=token, allow_train=allow_train)
+    return run_ui(runs, host=host, port=port, token=token, allow_train=allow_train, serve_url=serve_url, serve_key=serve_key)
 
 
 def quickstart(out: str | Path = "runs/quickstart", overwrite: bool = False, tiny: bool = False) -> dict:

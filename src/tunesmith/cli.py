@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=os.environ.get("TUNESMITH_UI_TOKEN"), help="required by every request when set "
                    "(default $TUNESMITH_UI_TOKEN); the printed URL carries it")
     p.add_argument("--allow-train", action="store_true", help="allow starting, stopping and resuming runs from the page")
+    p.add_argument("--serve-url", default="http://127.0.0.1:8000", help="the playground's `tunesmith serve` (default: its "
+                   "default address, http://127.0.0.1:8000)")
+    p.add_argument("--serve-key", default=os.environ.get("TUNESMITH_API_KEY", ""), help="that server's --api-key "
+                   "(default $TUNESMITH_API_KEY, as serve reads it); sent only to the server, never to the page")
 
     p = sub.add_parser("quickstart", help="end to end on the CPU in minutes: SmolLM2-135M-Instruct from GGUF, LoRA, DPO, merge, "
                        "GGUF Q4_K_M, one before/after table")
@@ -261,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                              allowed_adapter_dirs=args.allowed_adapter_dir or [], served_model_name=args.served_model_name,
                              dtype=args.dtype)
         elif args.command == "ui":
-            return api.ui(args.runs, host=args.host, port=args.port, token=args.token, allow_train=args.allow_train)
+            return api.ui(args.runs, host=args.host, port=args.port, token=args.token, allow_train=args.allow_train,
+                          serve_url=args.serve_url, serve_key=args.serve_key)
         elif args.command == "quickstart":
             api.quickstart(args.out, overwrite=args.overwrite, tiny=args.tiny)
         elif args.command == "eval":

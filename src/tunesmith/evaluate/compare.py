@@ -35,3 +35,15 @@ def compare(after: dict[str, dict[str, float]], before: dict[str, dict[str, floa
             rows.append({"task": task, "metric": metric, "base": base, "model": value, "delta": delta,
                          "better": better and delta != 0, "regression": _regressed(metric, base, value, threshold)})
     return rows
+
+
+def side_scores(results: dict, side: str) -> dict[str, dict[str, float]]:
+    """{task: {metric: value}} of one side ("model" or "base") of results.json: tasks, judge
+    ratings and harness together, the input `compare` takes."""
+    out = {name: dict(r["scores"]) for name, r in results["results"][side].items()}
+    judge = results.get("judge") or {}
+    if side in judge:
+        out["judge"] = {"rating": judge[side]["scores"]["rating"]}
+    for name, scores in ((results.get("harness") or {}).get(side) or {}).get("scores", {}).items():
+        out[name] = scores
+    return out

@@ -18,7 +18,7 @@ from ..config import DataConfig, EvalConfig, ModelConfig, load_config, parse_ove
 from ..errors import UserError
 from ..console import say
 from ..io import atomic_dir
-from .compare import compare
+from .compare import compare, side_scores
 from .runner import GenOptions, run_task
 from .tasks import Task, load_task
 
@@ -251,18 +251,7 @@ def _run(plan: Plan, questions: list[dict], tmp: Path) -> dict:
             results["harness"][t.label] = run_harness(plan.cfg.harness, t.path, t.adapter or None, plan.cfg.harness_include or None,
                                                       plan.cfg.limit, plan.cfg.batch_size)
     if plan.base:
-        results["comparison"] = compare(_scores(results, "model"), _scores(results, "base"), plan.cfg.regression_threshold)
+        results["comparison"] = compare(side_scores(results, "model"), side_scores(results, "base"), plan.cfg.regression_threshold)
     if plan.run_dir is not None:
         results["training"] = training_signals(plan.run_dir)
     return results
-
-
-def _scores(results: dict, side: str) -> dict[str, dict[str, float]]:
-    """{task: {metric: value}} of one side, tasks, judge ratings and harness together."""
-    out = {name: dict(r["scores"]) for name, r in results["results"][side].items()}
-    judge = results.get("judge") or {}
-    if side in judge:
-        out["judge"] = {"rating": judge[side]["scores"]["rating"]}
-    for name, scores in ((results.get("harness") or {}).get(side) or {}).get("scores", {}).items():
-        out[name] = scores
-    return out

@@ -10,7 +10,7 @@ routes live under /api/, listed in `ROUTERS`. Routes read the app's settings fro
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -34,6 +34,9 @@ PAGES: list[Page] = [
     Page("/runs/{name:path}", "Run", "run.html", nav=False),
     Page("/compare", "Compare", "compare.html"),
     Page("/new", "Start a run", "new.html"),
+    Page("/data", "Data", "data.html"),
+    Page("/eval", "Eval", "eval.html"),
+    Page("/playground", "Playground", "playground.html"),
 ]
 
 # "module:attribute" of each APIRouter, imported when the app is built.
@@ -41,6 +44,9 @@ ROUTERS: list[str] = [
     "tunesmith.ui.runs_api:router",
     "tunesmith.ui.compare_api:router",
     "tunesmith.ui.launch_api:router",
+    "tunesmith.ui.data_api:router",
+    "tunesmith.ui.eval_api:router",
+    "tunesmith.ui.playground_api:router",
 ]
 
 
@@ -50,13 +56,16 @@ class UISettings:
     token: str | None = None  # required (cookie, bearer header or ?token=) when set
     allow_train: bool = False  # starting/stopping runs; refused with a message otherwise
     loopback: bool = True  # bound to this machine only: requests must name it in their Host header
+    serve_url: str = ""  # the playground's `tunesmith serve` (ui/playground.py); "" = none
+    serve_key: str = field(default="", repr=False)  # its API key: sent to serve_url only, never to a page or a log
 
 
-def create_app(runs_dir: str | Path, *, token: str | None = None, allow_train: bool = False, loopback: bool = True):
+def create_app(runs_dir: str | Path, *, token: str | None = None, allow_train: bool = False, loopback: bool = True,
+               serve_url: str = "", serve_key: str = ""):
     """The dashboard over the run directories under `runs_dir` (created if missing)."""
     runs = Path(runs_dir).expanduser().resolve()
     runs.mkdir(parents=True, exist_ok=True)
-    settings = UISettings(runs, token, allow_train, loopback)
+    settings = UISettings(runs, token, allow_train, loopback, serve_url, serve_key)
     app = FastAPI(title="tunesmith ui", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ui = settings
     for spec in ROUTERS:

@@ -26,9 +26,13 @@ def check_options(runs: str | Path, host: str, port: int, token: str | None) -> 
 
 
 def run_ui(runs: str | Path = "runs", host: str = "127.0.0.1", port: int = 7860, token: str | None = None,
-           allow_train: bool = False) -> int:
+           allow_train: bool = False, serve_url: str = "", serve_key: str = "") -> int:
     """Serve the dashboard until interrupted; returns the exit code."""
     runs = check_options(runs, host, port, token)
+    if serve_url:
+        from .playground import check_serve_url
+
+        serve_url = check_serve_url(serve_url)  # a typo fails here, naming --serve-url, not on the first chat
     try:
         import fastapi  # noqa: F401
         import uvicorn
@@ -36,11 +40,17 @@ def run_ui(runs: str | Path = "runs", host: str = "127.0.0.1", port: int = 7860,
         raise UserError("the dashboard needs fastapi and uvicorn; pip install 'tunesmith[ui]'") from None
     from .app import create_app
 
-    app = create_app(runs, token=token, allow_train=allow_train, loopback=is_loopback(host))
+    app = create_app(runs, token=token, allow_train=allow_train, loopback=is_loopback(host), serve_url=serve_url,
+                     serve_key=serve_key)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     mode = "starting runs allowed (--allow-train)" if allow_train else "read-only (--allow-train to start runs)"
     print(f"tunesmith ui: {url}  runs in {runs.resolve()}; {mode}", flush=True)
+    if serve_url:
+        from .playground import safe_url
+
+        print(f"tunesmith ui: the playground talks to tunesmith serve at {safe_url(serve_url)}"
+              + (" (with --serve-key)" if serve_key else ""), flush=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     return 0
