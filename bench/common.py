@@ -270,6 +270,16 @@ def write_results(name: str, payload) -> Path:
     return path
 
 
+def publish(name: str, payload: dict, table: str, footer: str, heading: str) -> None:
+    """Write bench/results/<name>.json and the README block <name>: the run's date, length and command,
+    the table, then `footer` (which names the results file). `payload` needs date, elapsed_s, command."""
+    path = write_results(name, payload)
+    update_readme(name, [
+        "", f"Latest run ({payload['date']}, {payload['elapsed_s'] / 60:.1f} min):", "", "```", payload["command"], "```", "",
+        table, "", footer, ""], heading=heading, path=README)
+    print(f"wrote {path.relative_to(REPO)} and {README.relative_to(REPO)}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="the fp32 matmul bound of this machine (GFLOP/s), as JSON")
     ap.add_argument("--matmul-bound", action="store_true", required=True)

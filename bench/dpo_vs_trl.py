@@ -310,13 +310,10 @@ def main() -> None:
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": round(elapsed, 1), "setup": setup,
                "plan": plan, "data": info, "versions": versions, "machine": machine, "load_avg_end": load_end,
                "matmul_bound": bound, "results": results}
-    path = common.write_results(f"dpo_vs_trl{tag}", payload)
-    common.update_readme("dpo_vs_trl" + tag, [
-        "", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", text, "",
-        f"Setup: {setup}. Machine: {mline}. Versions: {common.versions_line(versions)}. "
-        f"Per-step losses and accuracies of both: `bench/results/{path.name}`.", ""],
-        heading=f"## tunesmith vs TRL DPOTrainer (`dpo_vs_trl.py`, {a.config})")
-    print(f"wrote {path.relative_to(common.REPO)} and {common.README.relative_to(common.REPO)}")
+    common.publish(f"dpo_vs_trl{tag}", payload, text,
+                   f"Setup: {setup}. Machine: {mline}. Versions: {common.versions_line(versions)}. "
+                   f"Per-step losses and accuracies of both: `bench/results/dpo_vs_trl{tag}.json`.",
+                   heading=f"## tunesmith vs TRL DPOTrainer (`dpo_vs_trl.py`, {a.config})")
 
 
 if __name__ == "__main__":

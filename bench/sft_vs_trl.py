@@ -262,13 +262,10 @@ def main() -> None:
     payload = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "elapsed_s": round(elapsed, 1),
                "setup": setup, "plans": plans, "data": data_info, "versions": versions, "machine": machine,
                "load_avg_end": load_end, "matmul_bound": bound, "flops_formula": flops.__doc__, "results": results}
-    path = common.write_results(f"sft_vs_trl{tag}", payload)
-    common.update_readme("sft_vs_trl" + tag, [
-        "", f"Latest run ({payload['date']}, {elapsed / 60:.1f} min):", "", "```", command, "```", "", table, "",
-        f"Data: {data_line}. Setup: {setup}. Machine: {mline}. Versions: {common.versions_line(versions)}. "
-        f"Per-step numbers of every run: `bench/results/{path.name}`.", ""],
-        heading=f"## tunesmith vs TRL SFTTrainer (`sft_vs_trl.py`, {tag.strip('_') or 'tiny'})")
-    print(f"wrote {path.relative_to(common.REPO)} and {common.README.relative_to(common.REPO)}")
+    common.publish(f"sft_vs_trl{tag}", payload, table,
+                   f"Data: {data_line}. Setup: {setup}. Machine: {mline}. Versions: {common.versions_line(versions)}. "
+                   f"Per-step numbers of every run: `bench/results/sft_vs_trl{tag}.json`.",
+                   heading=f"## tunesmith vs TRL SFTTrainer (`sft_vs_trl.py`, {tag.strip('_') or 'tiny'})")
 
 
 if __name__ == "__main__":

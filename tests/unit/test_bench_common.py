@@ -135,3 +135,19 @@ def test_linear_params_match_a_real_llama():
     model = LlamaForCausalLM(LlamaConfig(**cfg))
     n = sum(m.weight.numel() for m in model.model.layers.modules() if isinstance(m, torch.nn.Linear))
     assert flops.linear_params(flops.shape_of(cfg)) == n
+
+
+def test_publish_writes_the_results_and_the_readme_block(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(common, "README", tmp_path / "README.md")
+    monkeypatch.setattr(common, "REPO", tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "README.md").write_text("# Benchmarks\n\nkept\n")
+    payload = {"command": "python bench/x.py", "date": "2026-11-29 12:00:00", "elapsed_s": 90.0, "results": [1]}
+    common.publish("x", payload, "| a |\n|---|", "Footer `bench/results/x.json`.", heading="## X")
+    assert (tmp_path / "results" / "x.json").read_text().startswith("{")
+    text = (tmp_path / "README.md").read_text()
+    assert "kept" in text and "## X" in text
+    block = text[text.index("<!-- x:begin -->"):text.index("<!-- x:end -->")]
+    assert "Latest run (2026-11-29 12:00:00, 1.5 min):" in block and "python bench/x.py" in block
+    assert block.index("| a |") < block.index("Footer")
