@@ -13,7 +13,8 @@ start so that each keeps its end (and its EOS), per `data.overlength`.
 Pairs share their prompt in the forward (`collate_pairs`): each pair is a block
 [prompt | chosen | rejected] (short pairs share a row), the rejected tokens' positions restart where the prompt ends, and a
 4D attention mask lets chosen and rejected each see the prompt and themselves but never each
-other. The prompt is computed once instead of twice (on HH-RLHF it is more than half the tokens),
+other (on the CPU, `pair_spans` gives the same layout to an attention path that needs no such
+mask). The prompt is computed once instead of twice (on HH-RLHF it is more than half the tokens),
 and chosen and rejected go through one forward. Which hidden row predicts which token is explicit
 (`src` -> `tgt`, sequence `seq`): the first token of each response is predicted from the prompt's
 last position. KTO examples (different prompts) are packed padding-free instead
@@ -171,7 +172,9 @@ def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_
     attention_mask (rows, 1, T, T) bool, True = may attend: within its pair only; prompt causal;
     chosen sees the prompt and the chosen tokens up to itself; rejected likewise, never the
     chosen; padding sees only itself (a query row with nothing to attend to would be NaN).
-    Sequence 2b is pair b's chosen, 2b + 1 its rejected, whatever row the pair lands in."""
+    Sequence 2b is pair b's chosen, 2b + 1 its rejected, whatever row the pair lands in.
+    pair_spans (n_pairs, 5): (row, offset, P, C, R) of each pair, the same layout without the (T, T)
+    mask, which the CPU attention path reads instead (train/segment_attention.py)."""
     lengths = [len(p) + len(c) + len(r) for p, c, r in pairs]
     bins = first_fit_decreasing(lengths, max(lengths))
     T = padded_length(max(lengths))
@@ -180,6 +183,7 @@ def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_
     mask = torch.eye(T, dtype=torch.bool).repeat(len(bins), 1, 1)
     src, tgt, seq = [[] for _ in pairs], [[] for _ in pairs], [[] for _ in pairs]
     ends = [0] * (2 * len(pairs))
+    spans = torch.zeros((len(pairs), 5), dtype=torch.long)
     for row, members in enumerate(bins):
         o = 0
         for b in members:
@@ -192,6 +196,7 @@ def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_
             mask[row, o : o + P + C, o : o + P + C] = causal[: P + C, : P + C]
             mask[row, o + P + C : o + P + C + R, o : o + P] = True
             mask[row, o + P + C : o + P + C + R, o + P + C : o + P + C + R] = causal[:R, :R]
+            spans[b] = torch.tensor([row, o, P, C, R])
             base = row * T + o
             for s, (start, resp) in enumerate(((P, c), (P + C, r))):
                 # Token j of the response sits at start + j and is predicted from the row before it,
@@ -204,7 +209,7 @@ def pack_shared_prompt(pairs: list[tuple[list[int], list[int], list[int]]], pad_
         position_ids[row, o:] = torch.arange(T - o)  # padding: its own positions, attending to itself only
     flat = lambda xs: torch.tensor([v for x in xs for v in x], dtype=torch.long)  # noqa: E731
     return {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": mask[:, None],
-            "src": flat(src), "tgt": flat(tgt), "seq": flat(seq), "ends": torch.tensor(ends)}
+            "src": flat(src), "tgt": flat(tgt), "seq": flat(seq), "ends": torch.tensor(ends), "pair_spans": spans}
 
 
 def collate_pairs(rows: list[EncodedPair], pad_id: int) -> dict[str, torch.Tensor]:

@@ -20,7 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from ..train import losses
-from ..train.forward import base_causal_lm
+from ..train.forward import base_causal_lm, layout_kwargs, packed_decoder_call
+from ..train.segment_attention import segment_attention, segment_layout_for
 
 
 def fused_linear_token_logps(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None,
@@ -110,7 +111,7 @@ class SequenceLogps(nn.Module):
 
     The batch says which hidden row predicts which token (`src` flat row index, `tgt` token id,
     `seq` sequence id; see data/preference_encode.py), so the layout (padding-free rows, shared
-    prompts with a 4D mask) is the collator's business."""
+    prompts with a 4D mask and their `pair_spans`) is the collator's business."""
 
     def __init__(self, model: nn.Module, chunk_size: int = 1024):
         super().__init__()
@@ -118,15 +119,22 @@ class SequenceLogps(nn.Module):
         self.chunk_size = chunk_size
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, src: Tensor, tgt: Tensor, seq: Tensor, n_seqs: int,
-                attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                attention_mask: Tensor | None = None, pair_spans: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """`pair_spans` (n_pairs, 5): the shared-prompt layout behind `attention_mask`, which lets the CPU
+        skip the 4D mask (train/segment_attention.py); the mask is what every other path uses."""
         base = base_causal_lm(self.model)
         head = base.get_output_embeddings()
-        kw = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
         if self.chunk_size > 0 and type(head) is nn.Linear and not getattr(base.config, "final_logit_softcapping", None):
-            hidden = base.get_decoder()(**kw).last_hidden_state.flatten(0, 1).index_select(0, src)  # (N, H)
+            hidden = packed_decoder_call(base.get_decoder(), input_ids, position_ids, attention_mask, pair_spans)
+            hidden = hidden.flatten(0, 1).index_select(0, src)  # (N, H)
             token_logps = fused_linear_token_logps(hidden, head.weight, tgt, head.bias, self.chunk_size)
         else:  # a LoRA-wrapped / trained-in-full-copy head, or softcapped logits: the plain path
-            logits = self.model(**kw).logits.flatten(0, 1).index_select(0, src).float()  # (N, V)
+            decoder = base.get_decoder()
+            layout = segment_layout_for(decoder, position_ids, pair_spans)
+            with segment_attention(decoder, layout):
+                logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
+                                    attention_mask=attention_mask if layout is None else None, **layout_kwargs(layout)).logits
+            logits = logits.flatten(0, 1).index_select(0, src).float()  # (N, V)
             token_logps = logits.log_softmax(-1).gather(1, tgt[:, None]).squeeze(1)
         return segment_sums(token_logps, seq, n_seqs)
 
@@ -134,7 +142,7 @@ class SequenceLogps(nn.Module):
 def sequence_logps(module, batch: dict) -> tuple[Tensor, Tensor]:
     """Call a SequenceLogps (or its DDP wrapper) on a collated batch."""
     return module(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], batch["seq"], len(batch["ends"]),
-                  batch.get("attention_mask"))
+                  batch.get("attention_mask"), batch.get("pair_spans"))
 
 
 class SequenceScores(nn.Module):
@@ -148,10 +156,10 @@ class SequenceScores(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: Tensor, position_ids: Tensor, ends: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(self, input_ids: Tensor, position_ids: Tensor, ends: Tensor, attention_mask: Tensor | None = None,
+                pair_spans: Tensor | None = None) -> Tensor:
         base = base_causal_lm(self.model)
         backbone = getattr(base, base.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                          use_cache=False).last_hidden_state  # (B, T, H)
+        hidden = packed_decoder_call(backbone, input_ids, position_ids, attention_mask, pair_spans)  # (B, T, H)
         picked = hidden.flatten(0, 1).index_select(0, ends)  # (S, H)
         return base.score(picked).squeeze(-1).float()  # (S,)

@@ -68,7 +68,8 @@ class RewardObjective(PairObjective):
         return SequenceScores(model)
 
     def step(self, model, batch: dict):
-        scores = model(batch["input_ids"], batch["position_ids"], batch["ends"], batch.get("attention_mask"))  # (2B,)
+        scores = model(batch["input_ids"], batch["position_ids"], batch["ends"], batch.get("attention_mask"),
+                       batch.get("pair_spans"))  # (2B,)
         chosen, rejected = scores[0::2], scores[1::2]
         losses = bradley_terry_loss(chosen, rejected)
         n = len(losses)

@@ -30,6 +30,7 @@ from ..models.loading import count_parameters, load_model, load_tokenizer, resol
 from ..objectives import get_objective
 from ..objectives.base import Objective, SetupContext
 from . import checkpoint as ckpt
+from .segment_attention import CHECKPOINT_KWARGS
 from . import fsdp
 from .callbacks import Callback, as_callbacks
 from .forward import base_causal_lm
@@ -97,7 +98,9 @@ def build_model(cfg: RunConfig, device: torch.device, head: str = "causal"):
     causal backbone with a scalar head (sequence classification), for reward models."""
     compute = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16 if cfg.train.precision == "fp16" else torch.float32
     model = load_model(cfg.model, compute_dtype=compute, device=device, head=head)
-    gc_kwargs = {"use_reentrant": False}  # reentrant checkpointing leaves LoRA B at zero (PITFALLS 14)
+    # Non-reentrant (reentrant checkpointing leaves LoRA B at zero, PITFALLS 14), and the recomputation re-enters
+    # the packed-row attention of the forward (train/segment_attention.py).
+    gc_kwargs = dict(CHECKPOINT_KWARGS)
     if cfg.model.quantization != "none":
         from peft import prepare_model_for_kbit_training
 
