@@ -130,7 +130,7 @@ class SequenceLogps(nn.Module):
             token_logps = fused_linear_token_logps(hidden, head.weight, tgt, head.bias, self.chunk_size)
         else:  # a LoRA-wrapped / trained-in-full-copy head, or softcapped logits: the plain path
             decoder = base.get_decoder()
-            layout = segment_layout_for(decoder, position_ids, pair_spans)
+            layout = segment_layout_for(decoder, position_ids, pair_spans, attention_mask)
             with segment_attention(decoder, layout):
                 logits = self.model(input_ids=input_ids, position_ids=position_ids, use_cache=False,
                                     attention_mask=attention_mask if layout is None else None, **layout_kwargs(layout)).logits

@@ -124,12 +124,15 @@ def _checkpointed(decoder) -> list:
     return [m for m in decoder.modules() if getattr(m, "gradient_checkpointing", False) is True]
 
 
-def segment_layout_for(decoder, position_ids: torch.Tensor | None, pair_spans: torch.Tensor | None = None
-                       ) -> SegmentLayout | None:
+def segment_layout_for(decoder, position_ids: torch.Tensor | None, pair_spans: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None) -> SegmentLayout | None:
     """The layout to pass as `segment_layout=` to `decoder`, or None for today's path: only sdpa on
     the CPU, only for rows that hold more than one block, only for plain causal attention (no
-    sliding window, no soft-capping), and under gradient checkpointing only with CHECKPOINT_KWARGS."""
+    sliding window, no soft-capping), and under gradient checkpointing only with CHECKPOINT_KWARGS.
+    A caller's own `attention_mask` is used as it is unless `pair_spans` describes it."""
     cfg = getattr(decoder, "config", None)
+    if attention_mask is not None and pair_spans is None:
+        return None
     if position_ids is None or position_ids.dim() != 2 or position_ids.device.type != "cpu" \
             or getattr(cfg, "_attn_implementation", None) != "sdpa":
         return None
