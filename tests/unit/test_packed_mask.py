@@ -1,5 +1,8 @@
 """The shared additive mask for packed rows (train/packed_mask.py): same numbers as transformers'
-own mask, no cross-segment attention, and one saved copy for all layers instead of one per layer."""
+own mask, no cross-segment attention, and one saved copy for all layers instead of one per layer.
+On the CPU packed rows now take the mask-free path (train/segment_attention.py); the tests that pin
+the mask's own properties force the mask path, which stays the fallback (eager, GPUs, checkpointing
+without its context_fn)."""
 
 import torch
 
@@ -69,9 +72,16 @@ def test_segments_do_not_see_each_other(tiny_dir):
         torch.testing.assert_close(lm(**base), lm(**other), rtol=1e-6, atol=1e-6)
 
 
-def test_one_mask_saved_for_all_layers(tiny_dir):
+def _mask_path(monkeypatch):
+    import tunesmith.train.forward as forward
+
+    monkeypatch.setattr(forward, "segment_layout_for", lambda *a, **k: None)
+
+
+def test_one_mask_saved_for_all_layers(tiny_dir, monkeypatch):
     """Before: torch's sdpa turned the boolean mask into a new float tensor at each layer, and each
     was saved for backward (n_layers copies of (B, 1, T, T)); now every layer saves the same one."""
+    _mask_path(monkeypatch)
     model = _model(tiny_dir)
     batch = collate(pack(_examples(), max_length=256), pad_id=0)
     B, T = batch["input_ids"].shape
@@ -96,12 +106,13 @@ def test_unpacked_rows_pass_no_mask(tiny_dir):
     assert shared_mask_for(model.model, batch["position_ids"], torch.float32) is None
 
 
-def test_grouped_kv_saved_at_their_own_head_count_on_cpu(tiny_dir):
+def test_grouped_kv_saved_at_their_own_head_count_on_cpu(tiny_dir, monkeypatch):
     """With the mask, transformers would repeat k and v to every query head and autograd would save
     the copies (4 head-sized tensors a layer: q, k, v, out); the CPU flash kernel takes them grouped,
     so only q and the output are saved with all heads, and the env switch is put back afterwards."""
     from tunesmith.train.packed_mask import FORCE_GQA_ENV, _cpu_flash_takes_gqa_with_mask
 
+    _mask_path(monkeypatch)
     model = _model(tiny_dir)
     cfg = model.config
     assert cfg.num_key_value_heads < cfg.num_attention_heads
