@@ -2,7 +2,8 @@
 
 Per token, forward: 2 FLOPs per matmul parameter (decoder linears + LM head) plus attention,
 QK^T and AV: 2 · 2 · (h · head_dim) · context per layer, where context is T/2 for causal rows
-(T with an explicit mask: the CPU kernel cannot skip masked blocks).
+(T with an explicit mask: the CPU kernel cannot skip masked blocks; on the CPU, packed rows attend per
+example, at most T/2, and a DPO pair within its own prompt + responses, at most seq_len).
 Backward: input gradients cost one forward again; weight gradients a second one, but only for
 trainable matrices, so a frozen base (LoRA/QLoRA) costs 2× forward + 6 FLOPs per adapter
 parameter instead of full fine-tuning's 3× forward (Kaplan et al. 2020: 6 · N per token).
@@ -18,7 +19,7 @@ from .shapes import ModelShape
 def flops_per_micro_batch(shape: ModelShape, plan: Plan, trainable: int) -> dict[str, float]:
     tokens = plan.tokens_per_micro_batch()
     T = tokens if plan.method in ("dpo", "reward") else plan.seq_len
-    context = T if plan.masked_attention() else T / 2
+    context = T if plan.masked_attention() else plan.seq_len if plan.segment_attention() and T != plan.seq_len else T / 2
     attn = 4 * shape.heads * shape.head_dim * context * shape.layers
     forward = tokens * (2 * shape.matmul_params + attn)
     if plan.full:

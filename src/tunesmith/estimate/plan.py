@@ -55,9 +55,14 @@ class Plan:
         per_row = 2 * self.seq_len if self.method in ("dpo", "reward") else self.seq_len
         return self.micro_batch_size * per_row
 
+    def segment_attention(self) -> bool:
+        """Packed rows on the CPU under sdpa: one causal attention call per example (or per DPO prompt +
+        response), no mask and no repeated k/v (train/segment_attention.py)."""
+        return (self.packing or self.method in ("dpo", "reward")) and self.target == "cpu" and self.attn == "sdpa"
+
     def masked_attention(self) -> bool:
-        # Packed rows and the shared-prompt DPO/reward layout both need an explicit mask.
-        return self.packing or self.method in ("dpo", "reward")
+        # Elsewhere packed rows and the shared-prompt DPO/reward layout both need an explicit mask.
+        return (self.packing or self.method in ("dpo", "reward")) and not self.segment_attention()
 
     def with_batch(self, micro_batch_size: int) -> "Plan":
         return replace(self, micro_batch_size=micro_batch_size)
