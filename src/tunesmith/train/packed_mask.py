@@ -1,5 +1,10 @@
 """One block-diagonal causal mask per forward for packed rows under sdpa, shared by every layer.
 
+The fallback path: on the CPU under sdpa packed rows need no mask at all (train/segment_attention.py:
+one causal attention call per example, sum(l_i^2)/2 work instead of T^2). This mask is what they use
+where that does not apply: GPUs, a decoder checkpointed without `segment_attention.CHECKPOINT_KWARGS`,
+models with a sliding window or soft-capped attention.
+
 Left to itself, transformers derives a boolean (B, 1, T, T) mask from the restarting position_ids
 (PITFALLS 2), and torch's sdpa converts a boolean mask into a new additive float mask at every
 call, which autograd then saves: one (B, 1, T, T) fp32 copy per layer (30 x 4 MiB = 120 MiB at
