@@ -61,8 +61,8 @@ def test_formula_matches_autograd(lora, packed, dropout):
 @pytest.mark.parametrize("lora", [False, True])
 def test_segment_attention_saves_the_unmasked_count(lora):
     """tunesmith's packed rows on the CPU (train/segment_attention.py): no (B, 1, T, T) mask and no
-    repeated k/v, but the blocks' outputs and their concatenation are both saved (+ d per token and
-    layer); the estimate plans packed rows so on the CPU under sdpa (Plan.segment_attention)."""
+    repeated k/v, and the output o_proj reads is the one the attention saves: the unmasked count; the
+    estimate plans packed rows so on the CPU under sdpa (Plan.segment_attention)."""
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -91,5 +91,5 @@ def test_segment_attention_saves_the_unmasked_count(lora):
         packed_decoder_call(base.model, torch.randint(0, V, (B, T)), pos)
     ranks = tuple((n, i, 8) for n, i, _ in shape.linears[: len(shape.linears) // L]) if lora else ()
     spec = ActivationSpec(tokens=B * T, rows=B, seq_len=T, dtype="fp32", attn="sdpa", masked=False, checkpointing=False,
-                          full=not lora, lora=ranks, segments=True)
+                          full=not lora, lora=ranks)
     assert activation_bytes(shape, spec)["saved"] == pytest.approx(sum(saved.values()), rel=0.03)

@@ -136,10 +136,14 @@ def test_no_row_sized_mask_and_no_repeated_kv_saved(tiny_dir):
     with torch.autograd.graph.saved_tensors_hooks(hook, lambda t: t):
         CausalLMLoss(model, chunk_size=16)(**batch)
     assert not [s for s in saved if len(s) >= 2 and s[-2:] == (T, T)]
-    # k and v are saved per block at the kv head count; nothing with kv heads repeated to all heads
-    kv = [s for s in saved if len(s) == 4 and s[-1] == head_dim and s[1] == cfg.num_key_value_heads]
-    assert kv and not [s for s in saved if len(s) == 4 and s[-1] == head_dim and s[1] == cfg.num_attention_heads
-                       and s[2] == T]
+    # per layer: q (B, H, T, D), k and v at the kv head count (no copies repeated to H heads), and one
+    # attention output (B, T, H, D): the one o_proj reads, not per-block pieces beside a concatenated copy
+    B, L = batch["input_ids"].shape[0], cfg.num_hidden_layers
+    assert saved.count((B, cfg.num_attention_heads, T, head_dim)) == L
+    assert saved.count((B, cfg.num_key_value_heads, T, head_dim)) == 2 * L
+    assert not [s for s in saved if len(s) == 4 and s[-1] == head_dim and T not in (s[1], s[2])]  # no per-block pieces
+    outs = [s for s in saved if s == (B, T, cfg.num_attention_heads, head_dim)]
+    assert len(outs) == cfg.num_hidden_layers
 
 
 @pytest.mark.parametrize("gqa", [True, False])

@@ -21,8 +21,7 @@ intermediate, h heads, r LoRA rank):
   masked attention: packed rows under SDPA/eager get a (B, 1, T, T) fp32 mask per layer and lose
     SDPA's native GQA: k and v are repeated to h heads (+2·(d − kv)); tunesmith on the CPU under
     SDPA attends per example instead (train/segment_attention.py): no mask, k/v at kv width, the
-    unmasked count + d (each block's SDPA output is its own tensor, so the o_proj input is a
-    concatenated copy; a DPO rejected block adds a copy of its prompt's k/v, 2·kv per prompt token)
+    unmasked count exactly (traced)
   eager attention: the (B, h, T, T) probabilities, fp32 softmax + its compute-dtype copy
 
 Outside the layers (traced, per token): +6·d with full fine-tuning (embedding output, final norm);
@@ -61,7 +60,6 @@ class ActivationSpec:
     full: bool = True  # every weight trains (full fine-tuning)
     lora: tuple[tuple[str, int, int], ...] = ()  # (leaf name, d_in, r) of each adapted matrix in ONE layer
     lora_dropout: float = 0.0
-    segments: bool = False  # tunesmith's per-example attention for packed rows (CPU, sdpa)
 
 
 def per_token_layer_elements(shape: ModelShape, spec: ActivationSpec) -> dict[str, float]:
@@ -83,8 +81,6 @@ def per_token_layer_elements(shape: ModelShape, spec: ActivationSpec) -> dict[st
     }
     if spec.masked and spec.attn != "flash_attention_2" and kv < d:
         parts["attention"] += 2 * (d - kv) * a  # repeat_kv: SDPA's enable_gqa is off when a mask is given
-    if spec.segments:
-        parts["attention"] += d * a  # the block outputs and their concatenation (o_proj's input) are both saved
     if spec.attn == "eager":
         parts["attention"] += h * spec.seq_len * (4 + a)
     if spec.lora:

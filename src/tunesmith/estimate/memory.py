@@ -173,7 +173,7 @@ def breakdown(shape: ModelShape, plan: Plan, adapter_params: int, targets: list[
     tokens = plan.tokens_per_micro_batch()
     spec = ActivationSpec(tokens=tokens, rows=1 if plan.method in ("dpo", "reward") else plan.micro_batch_size,
                           seq_len=tokens if plan.method in ("dpo", "reward") else plan.seq_len,
-                          dtype=plan.precision, attn=plan.attn, masked=plan.masked_attention(), segments=plan.segment_attention(),
+                          dtype=plan.precision, attn=plan.attn, masked=plan.masked_attention(),
                           checkpointing=plan.checkpointing, full=plan.full, lora=lora_ranks(shape, plan, targets),
                           lora_dropout=plan.adapter.dropout if plan.adapter.type in ("lora", "dora") else 0.0)
     act = activation_bytes(shape, spec)

@@ -100,21 +100,74 @@ def segment_attention_forward(module, query, key, value, attention_mask, dropout
     if attention_mask is not None or unsupported or is_causal is False or query.shape[2] != segment_layout.T:
         raise RuntimeError(f"segment attention got an input it does not handle (mask={attention_mask is not None}, "
                            f"{unsupported}, is_causal={is_causal}, T={query.shape[2]}); `segment_layout_for` should have refused")
-    gqa = key.shape[1] != query.shape[1]
-    pieces = []
-    for blocks, q, k, v in zip(segment_layout.rows, query.unbind(0), key.unbind(0), value.unbind(0)):
-        sizes = [e - s for s, e, _, _ in blocks]
-        # One split per row (one backward cat) rather than a slice per block (a zero-filled row-sized grad each).
-        for (s, e, p0, p1), qb, kb, vb in zip(blocks, q.split(sizes, 1), k.split(sizes, 1), v.split(sizes, 1)):
-            mask = None
+    if dropout == 0.0 and query.device.type == "cpu":
+        if torch.is_autocast_enabled("cpu"):  # what autocast does to F.sdpa's inputs (RoPE leaves q, k in fp32)
+            dtype = torch.get_autocast_dtype("cpu")
+            query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
+        return _BlockAttention.apply(query, key, value, segment_layout, scaling), None
+    return _per_block_sdpa(query, key, value, segment_layout, dropout, scaling), None
+
+
+def _blocks(layout: SegmentLayout, query, key, value):
+    """Per block: (row, start, end, q (1, H, n, D), k, v (1, KV, P + n, D), mask or None), all views
+    but a branch block's k/v, which put its prefix first."""
+    for b, blocks in enumerate(layout.rows):
+        for s, e, p0, p1 in blocks:
+            q, k, v, mask = query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], None
             if p1 > p0:
-                kb, vb = torch.cat([k[:, p0:p1], kb], 1), torch.cat([v[:, p0:p1], vb], 1)
-                mask = segment_layout.branch_mask(p1 - p0, e - s, query.dtype, query.device)
-            o = F.scaled_dot_product_attention(qb[None], kb[None], vb[None], attn_mask=mask, dropout_p=dropout,
-                                               is_causal=mask is None, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
-            pieces.append(o.transpose(1, 2))  # (1, n, H, D)
+                k, v = torch.cat([key[b:b + 1, :, p0:p1], k], 2), torch.cat([value[b:b + 1, :, p0:p1], v], 2)
+                mask = layout.branch_mask(p1 - p0, e - s, query.dtype, query.device)
+            yield b, s, e, p0, p1, q, k, v, mask
+
+
+class _BlockAttention(torch.autograd.Function):
+    """Every block through torch's CPU flash kernel, written into one (B, T, H, D) output. Why not F.sdpa per
+    block and a cat: each call's output would be saved for backward beside the concatenated copy that o_proj
+    reads (one more (T, H, D) per layer); here the output o_proj reads is the one saved. The kernel takes
+    k/v at their own head count (GQA) as F.sdpa's `enable_gqa` does."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, layout: SegmentLayout, scale):
+        B, H, T, D = query.shape
+        out = query.new_empty(B, T, H, D)
+        lse = []
+        for b, s, e, _, _, q, k, v, mask in _blocks(layout, query, key, value):
+            o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, mask is None, attn_mask=mask,
+                                                                                scale=scale)
+            out[b, s:e] = o[0].transpose(0, 1)
+            lse.append(l)
+        ctx.layout, ctx.scale = layout, scale
+        ctx.save_for_backward(query, key, value, out, *lse)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        query, key, value, out, *lse = ctx.saved_tensors
+        gq = torch.empty_like(out).transpose(1, 2)  # (B, H, T, D): every block writes its rows
+        gk, gv = torch.zeros_like(key), torch.zeros_like(value)
+        for (b, s, e, p0, p1, q, k, v, mask), l in zip(_blocks(ctx.layout, query, key, value), lse):
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                grad_out[b:b + 1, s:e].transpose(1, 2), q, k, v, out[b:b + 1, s:e].transpose(1, 2), l, 0.0, mask is None,
+                attn_mask=mask, scale=ctx.scale)
+            gq[b, :, s:e] = dq[0]
+            P = p1 - p0
+            gk[b, :, s:e] += dk[0, :, P:]
+            gv[b, :, s:e] += dv[0, :, P:]
+            if P:
+                gk[b, :, p0:p1] += dk[0, :, :P]
+                gv[b, :, p0:p1] += dv[0, :, :P]
+        return gq, gk, gv, None, None
+
+
+def _per_block_sdpa(query, key, value, layout: SegmentLayout, dropout: float, scaling):
+    """With attention dropout (or off the CPU): F.sdpa per block and one cat, which autograd differentiates."""
+    gqa = key.shape[1] != query.shape[1]
+    pieces = [F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
+                                             scale=scaling, enable_gqa=gqa).transpose(1, 2)  # (1, n, H, D)
+              for _, _, _, _, _, q, k, v, mask in _blocks(layout, query, key, value)]
     B, H, T, D = query.shape
-    return torch.cat(pieces, 1).view(B, T, H, D), None
+    return torch.cat(pieces, 1).view(B, T, H, D)
 
 
 AttentionInterface.register(ATTN_NAME, segment_attention_forward)
