@@ -257,3 +257,27 @@ def test_reward_scores_equal_masked_path(tiny_dir, tok, calls):
     n_calls = len(calls)
     torch.testing.assert_close(new, SequenceScores(model)(*args), rtol=1e-6, atol=1e-6)  # no spans: the 4D mask
     assert len(calls) == n_calls
+
+
+@pytest.mark.parametrize("kv_heads", [1, 3])
+def test_block_function_equals_per_block_sdpa(kv_heads):
+    """The autograd Function (CPU flash kernel per block, one output) against F.sdpa per block + cat,
+    which the dropout fallback uses: the same output and gradients, SFT and DPO layouts."""
+    from tunesmith.train.segment_attention import _BlockAttention, _per_block_sdpa
+
+    torch.manual_seed(0)
+    B, T, H, D = 2, 40, 3, 8
+    q = torch.randn(B, T, H, D, dtype=torch.float64).transpose(1, 2).requires_grad_()
+    k, v = (torch.randn(B, T, kv_heads, D, dtype=torch.float64).transpose(1, 2).requires_grad_() for _ in range(2))
+    g = torch.randn(B, T, H, D, dtype=torch.float64)
+    layouts = [SegmentLayout.from_position_ids(torch.tensor([list(range(15)) + list(range(25)), list(range(40))])),
+               SegmentLayout.from_pair_spans(torch.tensor([[0, 0, 5, 6, 7], [0, 18, 4, 3, 9], [1, 0, 10, 12, 14]]), B, T)]
+    for layout in layouts:
+        got = []
+        for fn in (lambda: _BlockAttention.apply(q, k, v, layout, 0.3), lambda: _per_block_sdpa(q, k, v, layout, 0.0, 0.3)):
+            q.grad = k.grad = v.grad = None
+            out = fn()
+            out.backward(g)
+            got.append([out.detach(), q.grad, k.grad, v.grad])
+        for a, b in zip(*got):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
