@@ -3,16 +3,19 @@
 A packed row is a tiling of [0, T) into blocks. A causal block (SFT examples, KTO sequences, the
 [prompt | chosen] part of a DPO pair) attends causally within itself; a branch block (a DPO pair's
 rejected response) sees a prefix elsewhere in the row (its prompt) and itself causally. Each block
-is one `scaled_dot_product_attention` call: `is_causal=True` for a causal block, and for a branch
-block keys [prefix, block] with a bottom-right causal additive mask of (n, P + n) only.
+is one call of torch's CPU flash-attention kernel: causal for a causal block, and for a branch block
+keys [prefix, block] with a bottom-right causal additive mask of (n, P + n) only.
 
 Why per-block calls and not one masked call: torch's CPU flash kernel computes every (T, T) score
 block the mask covers (it cannot skip masked blocks), while `is_causal` stops each query block at
 its own position, so a row of segments of lengths l_i costs sum(l_i^2)/2 instead of T^2. Measured
 (fwd + bwd, one SmolLM2 layer, 4 rows x 512 tokens of 3 segments, 1 thread): masked 120 ms, per
 segment 49 ms, all segments padded to one batched causal call 83 ms. torch 2.13's
-`torch.nn.attention.varlen` has no CPU kernel. k/v keep their own head count (`enable_gqa`), so
-nothing repeated is saved for backward, and no mask is saved at all for SFT rows.
+`torch.nn.attention.varlen` has no CPU kernel. k/v keep their own head count (GQA), so nothing
+repeated is saved for backward, no mask is saved for SFT rows, and one autograd Function writes
+every block into the single output o_proj reads (`_BlockAttention`): packed rows save exactly what
+unpacked rows save. Many small calls cost OpenMP barriers at > 1 thread (each block is its own
+parallel region): on a loaded machine with active OMP waiting that shows as CPU time.
 
 How it is selected without touching the model for anyone else: the attention function is
 registered in transformers under its own name; around a training forward, `segment_attention`
