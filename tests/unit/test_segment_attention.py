@@ -87,6 +87,7 @@ def test_layout_blocks():
     spans = torch.tensor([[0, 0, 2, 3, 1], [1, 0, 1, 1, 1], [1, 3, 2, 2, 1]])
     assert SegmentLayout.from_pair_spans(spans, 2, 8).rows == [
         [(0, 5, 0, 0), (5, 6, 0, 2), (6, 8, 6, 6)], [(0, 2, 0, 0), (2, 3, 0, 1), (3, 7, 3, 3), (7, 8, 3, 5)]]
+    assert SegmentLayout.from_pair_spans(torch.tensor([[0, 0, 2, 3, 0]]), 1, 6).rows == [[(0, 5, 0, 0), (5, 6, 5, 5)]]
     with pytest.raises(ValueError, match="tile"):
         SegmentLayout([[(0, 3, 0, 0)]], 4)
     m = SegmentLayout([[(0, 4, 0, 0)]], 4).branch_mask(2, 3, torch.float32, torch.device("cpu"))
@@ -281,3 +282,14 @@ def test_block_function_equals_per_block_sdpa(kv_heads):
             got.append([out.detach(), q.grad, k.grad, v.grad])
         for a, b in zip(*got):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_dpo_shared_prompt_under_bf16_autocast(tiny_dir, tok, calls):
+    """The rejected block's (R, P + R) mask is built in the dtype autocast gives the attention."""
+    model, rows, batch = _dpo(tiny_dir, tok, True)
+    model.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        new = sequence_logps(SequenceLogps(model, 3), batch)[0]
+        assert calls and all(calls)
+        masked = sequence_logps(SequenceLogps(model, 3), {k: v for k, v in batch.items() if k != "pair_spans"})[0]
+    torch.testing.assert_close(new, masked, rtol=2e-2, atol=0.5)

@@ -61,12 +61,13 @@ class SegmentLayout:
     @classmethod
     def from_position_ids(cls, position_ids: torch.Tensor) -> "SegmentLayout":
         """Independent causal segments where the positions restart (transformers' packed-row rule)."""
-        seg = segment_ids(position_ids)
+        T = position_ids.shape[1]
+        change = torch.diff(segment_ids(position_ids), dim=1) != 0  # (B, T - 1): a segment starts at t + 1
         rows = []
-        for r in seg.tolist():
-            cuts = [0] + [t for t in range(1, len(r)) if r[t] != r[t - 1]] + [len(r)]
+        for r in change.cpu():
+            cuts = [0] + (r.nonzero().squeeze(1) + 1).tolist() + [T]
             rows.append([(a, b, a, a) for a, b in zip(cuts, cuts[1:])])
-        return cls(rows, position_ids.shape[1])
+        return cls(rows, T)
 
     @classmethod
     def from_pair_spans(cls, spans: torch.Tensor, n_rows: int, T: int) -> "SegmentLayout":
@@ -74,7 +75,8 @@ class SegmentLayout:
         `pack_shared_prompt`; the padding after a row's last pair is one causal block of its own."""
         rows: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_rows)]
         for row, o, P, C, R in sorted(spans.tolist()):
-            rows[row] += [(o, o + P + C, o, o), (o + P + C, o + P + C + R, o, o + P)]
+            # An empty response (none is written today) would be an empty block: left out, not an error.
+            rows[row] += [b for b in ((o, o + P + C, o, o), (o + P + C, o + P + C + R, o, o + P)) if b[1] > b[0]]
         for blocks in rows:
             end = blocks[-1][1] if blocks else 0
             if end < T:
