@@ -84,6 +84,21 @@ def flops_per_step(model_dir: str, positions: int, rows: int, row_len: int, labe
     return {**parts, "total": sum(parts.values())}
 
 
+def compile_layers(mode: str):
+    """`--compile MODE`: a callback that torch.compiles (inductor) each decoder layer in place before
+    step 1 (regional compilation: one graph per layer shape, reused by the others). A bench-only lever:
+    the measured numbers are in bench/README.md ("torch.compile of the decoder layers")."""
+    from tunesmith.train.callbacks import Callback
+    from tunesmith.train.forward import base_causal_lm
+
+    class CompileLayers(Callback):
+        def on_train_start(self, module, optimizer) -> None:
+            for layer in base_causal_lm(module.model).model.layers:
+                layer.compile(dynamic=False, mode=None if mode == "default" else mode)
+
+    return CompileLayers()
+
+
 def worker(spec: dict, out: Path) -> None:
     import torch
 
@@ -115,7 +130,8 @@ def worker(spec: dict, out: Path) -> None:
         samples.append(_sample())
         losses.append(record["loss"])
 
-    summary = train(validate_config(cfg), overwrite=True, callbacks=[on_step])
+    callbacks = [on_step] + ([compile_layers(spec["compile"])] if spec.get("compile") else [])
+    summary = train(validate_config(cfg), overwrite=True, callbacks=callbacks)
     steps = [{k: round(b[k] - a[k], 3) for k in ("user", "sys", "minflt", "t")} | {"hwm_mb": b["hwm_mb"], "rss_mb": b["rss_mb"]}
              for a, b in zip(samples, samples[1:])]
     out.write_text(json.dumps({"steps": steps, "losses": losses, "peak_mb": samples[-1]["hwm_mb"],
@@ -139,6 +155,7 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], help="KEY=VAL for the worker's environment")
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. train.compile=true")
     ap.add_argument("--label", default="")
+    ap.add_argument("--compile", default="", help="torch.compile each decoder layer: default | max-autotune-no-cudagraphs")
     ap.add_argument("--bound-only", action="store_true")
     ap.add_argument("--worker"), ap.add_argument("--spec"), ap.add_argument("--out")
     args = ap.parse_args()
@@ -152,7 +169,8 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="tunesmith-stepcpu-"))
     spec = {"model_dir": str(Path(args.model).resolve()), "data": prepare(args.model, args.steps), "steps": args.steps,
-            "run_dir": str(work / "run"), "set": args.set}
+            "run_dir": str(work / "run"), "set": args.set,
+            "compile": args.compile}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     env.update(kv.split("=", 1) for kv in args.env)
@@ -170,7 +188,7 @@ def main() -> None:
     labels = st["label_tokens"] / st["rows"] * 4  # mean labelled tokens of 4 packed rows
     flops = flops_per_step(spec["model_dir"], 4 * 512, 4, 512, labels)
     achieved = flops["total"] / cpu / 1e9
-    record = {"label": args.label, "env": args.env, "set": args.set, "steps": r["steps"], "losses": r["losses"],
+    record = {"label": args.label, "env": args.env, "set": args.set, "compile": args.compile, "steps": r["steps"], "losses": r["losses"],
               "peak_mb": r["peak_mb"], "cpu_s_per_step": round(cpu, 2), "sys_s_per_step": round(sys_s, 2),
               "bound_gflops": round(bound, 1), "flops_per_step": flops,
               "gflops": round(achieved, 1), "fraction_of_bound": round(achieved / bound, 3), "load_avg": os.getloadavg(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -87,7 +87,7 @@ def user_allocator_vars(environ: Mapping[str, str]) -> list[str]:
 
 
 def decide(environ: Mapping[str, str], platform: str = sys.platform,
-           find: Callable[[Library], Path | None] = find_library) -> Decision:
+           find: Callable[[Library], Path | None] | None = None) -> Decision:
     """Whether `tunesmith train` should re-exec itself, and with which environment. Pure: the
     environment, the platform and the library finder are arguments (tests/unit/test_allocator.py)."""
     choice = environ.get(CHOICE_ENV, "auto").strip().lower() or "auto"
@@ -103,6 +103,7 @@ def decide(environ: Mapping[str, str], platform: str = sys.platform,
     if user := user_allocator_vars(environ):
         return Decision(None, f"your allocator settings stand ({', '.join(user)})")
     wanted = [lib for lib in LIBRARIES if choice in ("auto", lib.name)]
+    find = find_library if find is None else find
     for lib in wanted:
         path = find(lib)
         if path is not None:
@@ -132,7 +133,7 @@ def reexec(decision: Decision, argv: list[str] | None = None) -> None:
 
 
 def at_start(wants_reexec: bool, environ: dict[str, str] | os._Environ = os.environ,
-             find: Callable[[Library], Path | None] = find_library) -> None:
+             find: Callable[[Library], Path | None] | None = None) -> None:
     """The CLI's first step: in the re-executed process, settle() and never decide again (its
     environment no longer shows the re-exec once settled); elsewhere re-exec when decide() says so."""
     if ACTIVE_ENV in environ:
