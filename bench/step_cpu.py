@@ -1,12 +1,15 @@
 """CPU seconds per training step on the real model, and the fraction of the matmul bound (issue 17).
 
     PYTHONPATH=src .venv/bin/python bench/step_cpu.py --model /tmp/smollm2 [--steps 5] [--env KEY=VAL ...]
-        [--label NAME] [--set train.key=value ...] [--bound-only]
+        [--label NAME] [--set train.key=value ...] [--compile default] [--bound-only]
 
 The issue-17 configuration (bench/memory_real.py's): SmolLM2-135M-Instruct, LoRA r16/alpha32/dropout0
 on every linear layer, 4 packed rows x 512 tokens of GSM8K per step, fp32, sdpa, one torch thread.
 Each run is one fresh `tunesmith train` process (`--worker`) with the given environment (`--env`:
 allocator variables such as MALLOC_MMAP_THRESHOLD_ or LD_PRELOAD) and config overrides (`--set`).
+Without allocator variables the worker runs under the malloc `tunesmith train` would re-exec under
+(jemalloc/mimalloc when found, train/allocator.py); `--env TUNESMITH_ALLOCATOR=system` for glibc's.
+`--compile default` torch.compiles each decoder layer (measured, not a tunesmith option: bench/README.md).
 
 Why CPU seconds and not wall seconds: the machine is shared, and CPU time (user + sys from
 getrusage, per step) is what survives other jobs. sys time is where page faults show: an allocator
@@ -174,6 +177,10 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     env.update(kv.split("=", 1) for kv in args.env)
+    sys.path.insert(0, str(HERE))
+    from common import tunesmith_malloc  # noqa: PLC0415
+
+    env = tunesmith_malloc(env)  # the malloc `tunesmith train` would pick, unless --env set one (or TUNESMITH_ALLOCATOR)
     out = work / "result.json"
     proc = subprocess.run([sys.executable, __file__, "--worker", "x", "--spec", json.dumps(spec), "--out", str(out)],
                           env=env, cwd=REPO, capture_output=True, text=True)
@@ -188,7 +195,8 @@ def main() -> None:
     labels = st["label_tokens"] / st["rows"] * 4  # mean labelled tokens of 4 packed rows
     flops = flops_per_step(spec["model_dir"], 4 * 512, 4, 512, labels)
     achieved = flops["total"] / cpu / 1e9
-    record = {"label": args.label, "env": args.env, "set": args.set, "compile": args.compile, "steps": r["steps"], "losses": r["losses"],
+    record = {"label": args.label, "env": args.env, "set": args.set, "compile": args.compile,
+              "malloc": env.get("_TUNESMITH_ALLOCATOR_ACTIVE", "glibc").split(":")[0], "steps": r["steps"], "losses": r["losses"],
               "peak_mb": r["peak_mb"], "cpu_s_per_step": round(cpu, 2), "sys_s_per_step": round(sys_s, 2),
               "bound_gflops": round(bound, 1), "flops_per_step": flops,
               "gflops": round(achieved, 1), "fraction_of_bound": round(achieved / bound, 3), "load_avg": os.getloadavg(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
