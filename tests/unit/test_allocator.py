@@ -165,6 +165,24 @@ def test_cli_train_under_jemalloc_equals_glibc(make_tiny_config):
     assert len(results["auto"][0]) == 3
 
 
+@pytest.mark.multiprocess
+@pytest.mark.skipif(not JE.is_file(), reason="needs libjemalloc2 (apt install libjemalloc2)")
+def test_torchrun_ranks_reexec_and_finish(make_tiny_config, monkeypatch):
+    """Under torchrun each rank is `python -m tunesmith.cli train` and re-executes itself in place
+    (same pid, which the elastic agent watches): the run finishes, rank 0 says jemalloc, and the
+    metrics hold the 3 steps once."""
+    from torchrun import torchrun_train
+
+    for var in allocator.user_allocator_vars(os.environ) + [allocator.CHOICE_ENV]:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(Path(allocator.__file__).resolve().parents[2]))
+    config, run_dir = make_tiny_config("ddp")
+    proc = torchrun_train(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "note: malloc: jemalloc" in proc.stderr
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
 @pytest.fixture
 def make_tiny_config(tmp_path, tiny_dir, alpaca64):
     import yaml
@@ -181,3 +199,15 @@ def make_tiny_config(tmp_path, tiny_dir, alpaca64):
         return path, tmp_path / name
 
     return make
+
+
+def test_only_the_own_command_line_reexecs(monkeypatch):
+    """main() called by another program (pytest here, a notebook) must not re-run that program."""
+    monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "/venv/bin/tunesmith", "train", "run.yaml"])
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/tunesmith", "train", "run.yaml"])
+    assert allocator.own_command_line()
+    monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "-m", "tunesmith.cli", "train", "run.yaml"])
+    monkeypatch.setattr(sys, "argv", ["/src/tunesmith/cli.py", "train", "run.yaml"])
+    assert allocator.own_command_line()
+    monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "-m", "pytest", "tests"])
+    assert not allocator.own_command_line()
