@@ -211,3 +211,12 @@ def test_only_the_own_command_line_reexecs(monkeypatch):
     assert allocator.own_command_line()
     monkeypatch.setattr(sys, "orig_argv", ["/venv/bin/python", "-m", "pytest", "tests"])
     assert not allocator.own_command_line()
+
+
+def test_a_failed_exec_trains_on(monkeypatch, capsys):
+    def fail(decision):
+        raise FileNotFoundError("no such interpreter")
+
+    monkeypatch.setattr(allocator, "reexec", fail)
+    allocator.at_start(True, {"PATH": "/bin"}, finder("jemalloc"))
+    assert "could not re-execute under jemalloc" in capsys.readouterr().err

@@ -141,7 +141,11 @@ def at_start(wants_reexec: bool, environ: dict[str, str] | os._Environ = os.envi
     elif wants_reexec:
         decision = decide(environ, find=find)
         if decision.env is not None:
-            reexec(decision)
+            try:
+                reexec(decision)
+            except OSError as e:  # no executable to exec (an embedded interpreter): train as we are
+                print(f"note: malloc: could not re-execute under {decision.reason} ({e}); glibc's stands",
+                      file=sys.stderr)
 
 
 def settle(environ: dict[str, str] | os._Environ = os.environ) -> str | None:
