@@ -211,7 +211,7 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     acc = Accelerator(cpu=not torch.cuda.is_available())
     malloc = allocator.loaded()
     if malloc is not None:  # preloaded by `tunesmith train` (train/allocator.py) or by the user
-        say(f"note: malloc: {malloc} (LD_PRELOAD; {allocator.CHOICE_ENV}=system for glibc's, see docs/performance.md)")
+        say(f"note: malloc: {malloc}, preloaded (docs/performance.md; {allocator.CHOICE_ENV}=system to keep glibc)")
     elif acc.device.type == "cpu":
         pin_mmap_threshold()  # freed activations go back to the system (train/host_memory.py)
     if acc.num_processes > 1:
