@@ -14,11 +14,12 @@ from tunesmith.train import allocator
 
 JE = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
 MI = Path("/site/cmeel.prefix/lib/libmimalloc.so.3")
+TC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 
 
 def finder(*present: str):
     """A library finder that knows only the named libraries."""
-    paths = {"jemalloc": JE, "mimalloc": MI}
+    paths = {"jemalloc": JE, "mimalloc": MI, "tcmalloc": TC}
     return lambda lib: paths[lib.name] if lib.name in present else None
 
 
@@ -32,7 +33,9 @@ def test_auto_prefers_jemalloc_with_purging_off():
                      allocator.ACTIVE_ENV: f"jemalloc:{JE}"}
 
 
-def test_auto_falls_back_to_mimalloc_then_to_glibc():
+def test_auto_falls_back_to_tcmalloc_then_mimalloc_then_glibc():
+    d = decide({}, "tcmalloc", "mimalloc")
+    assert d.env["LD_PRELOAD"] == str(TC) and d.env[allocator.ACTIVE_ENV] == f"tcmalloc:{TC}"
     d = decide({}, "mimalloc")
     assert d.env == {"LD_PRELOAD": str(MI), "MIMALLOC_PURGE_DELAY": "-1", allocator.ACTIVE_ENV: f"mimalloc:{MI}"}
     none = decide({})
@@ -89,12 +92,12 @@ def test_explicit_choice_picks_that_library():
 def test_explicit_choice_missing_is_an_error_naming_the_fix():
     with pytest.raises(ConfigError, match=r"TUNESMITH_ALLOCATOR=jemalloc .*apt install libjemalloc2"):
         decide({allocator.CHOICE_ENV: "jemalloc"}, "mimalloc")
-    with pytest.raises(ConfigError, match=r"TUNESMITH_ALLOCATOR='tcmalloc': use one of auto, jemalloc, mimalloc, system"):
-        decide({allocator.CHOICE_ENV: "tcmalloc"}, "jemalloc")
+    with pytest.raises(ConfigError, match=r"TUNESMITH_ALLOCATOR='hoard': use one of auto, jemalloc, tcmalloc, mimalloc, system"):
+        decide({allocator.CHOICE_ENV: "hoard"}, "jemalloc")
 
 
 def test_find_library_looks_in_the_wheel_prefix_and_system_dirs(tmp_path):
-    lib = allocator.LIBRARIES[1]  # mimalloc
+    lib = next(lib for lib in allocator.LIBRARIES if lib.name == "mimalloc")
     (tmp_path / "b").mkdir()
     assert allocator.find_library(lib, [tmp_path / "a", tmp_path / "b"]) is None
     (tmp_path / "b" / "libmimalloc.so.3").write_bytes(b"")

@@ -32,9 +32,9 @@ GLIBC_RETENTION = 0.8
 # jemalloc / mimalloc with purging off (train/allocator.py, the default of `tunesmith train` when one is
 # found): freed blocks are reused, not returned, so the RSS peak is the live peak plus their size-class
 # and fragmentation slack. Measured on SmolLM2 at 4 x 512 packed tokens (bench/README.md, "the allocator
-# by default"): jemalloc peaked 93 MiB and mimalloc 458 MiB above the pinned glibc run, whose RSS follows
-# the live bytes, on 2,690 MiB of saved activations.
-PRELOAD_RETENTION = {"jemalloc": 0.035, "mimalloc": 0.17}
+# by default"): jemalloc peaked 90-93 MiB, tcmalloc 87 MiB and mimalloc 462 MiB above the pinned glibc run,
+# whose RSS follows the live bytes, on 2,690 MiB of saved activations.
+PRELOAD_RETENTION = {"jemalloc": 0.035, "tcmalloc": 0.035, "mimalloc": 0.17}
 # CPU: what a run adds after the framework baseline whatever its size: the tokenizer, autograd's and
 # OpenMP's worker threads, the loader's mapped safetensors pages. Measured: runs of 512 and 2,048 tokens
 # per micro-batch both peaked ~30 MiB above the sum of their other terms (bench/README.md).

@@ -43,7 +43,7 @@ class Plan:
     max_steps: int = 0
     dataset_rows: int = 0  # rows of max_length per epoch (0 = unknown)
     data_bytes: int = 0  # bytes of the training files (their tokenized rows stay in host RAM)
-    allocator: str = "caching"  # GPU: torch's caching allocator; CPU: jemalloc/mimalloc (preloaded), mmap (glibc pinned) or glibc
+    allocator: str = "caching"  # GPU: torch's caching allocator; CPU: jemalloc/tcmalloc/mimalloc (preloaded), mmap (glibc pinned) or glibc
 
     @property
     def full(self) -> bool:
@@ -91,8 +91,8 @@ HEAP_THRESHOLD = 1 << 20
 
 def cpu_allocator(this_process: bool = False) -> str:
     """The malloc a CPU run has, as the estimate models it. `tunesmith train` re-executes itself under
-    jemalloc or mimalloc when it finds one (train/allocator.py): "jemalloc"/"mimalloc", the live bytes
-    plus a small measured slack. Without one, glibc's default malloc raises its mmap threshold after
+    jemalloc, tcmalloc or mimalloc when it finds one (train/allocator.py): that name, the live bytes
+    plus a measured slack (estimate/memory.py). Without one, glibc's default malloc raises its mmap threshold after
     freeing a large block, so later activations come from a heap that is not returned to the OS; the
     run pins the threshold at 128 KiB on Linux (train/host_memory.py), so large blocks stay mmapped and
     the RSS follows the live bytes ("mmap"). A user's MALLOC_MMAP_THRESHOLD_ stands instead: "mmap" up
@@ -109,7 +109,7 @@ def cpu_allocator(this_process: bool = False) -> str:
         return "glibc"
     loaded = allocator.loaded()
     if loaded is not None:
-        return loaded if loaded in ("jemalloc", "mimalloc") else "mmap"  # tcmalloc: no retention term measured
+        return loaded
     if not this_process:
         try:
             decision = allocator.decide(os.environ)
