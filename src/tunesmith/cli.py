@@ -206,7 +206,7 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _fast_allocator(command: str, from_command_line: bool) -> None:
-    """`tunesmith train` from a command line re-executes itself once under jemalloc/mimalloc
+    """`tunesmith train` from a command line re-executes itself once under jemalloc/tcmalloc/mimalloc
     (train/allocator.py); a call of main() with an argv list (tests, other Python) never does."""
     from .train import allocator
 
