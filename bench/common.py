@@ -211,16 +211,29 @@ def worker_env(threads: int, cpu_only: bool = True, extra_pythonpath: str | None
     return env
 
 
+def tunesmith_malloc(env: dict) -> dict:
+    """`env` as `tunesmith train` would turn it: under jemalloc/mimalloc when one is found and the
+    environment sets no allocator of its own (train/allocator.py). A worker calls `train()` in-process,
+    which never re-executes, so the bench applies the CLI's decision to the worker's environment:
+    the tunesmith rows measure what a user of `tunesmith train` gets."""
+    sys.path.insert(0, str(REPO / "src"))
+    from tunesmith.train import allocator  # noqa: PLC0415
+
+    return allocator.decide(env).env or env
+
+
 def run_worker(script: str | Path, name: str, spec: dict, log: Path, threads: int = 1, cpu_only: bool = True,
                extra_pythonpath: str | None = None) -> dict:
     """`python SCRIPT --worker NAME --spec JSON --out LOG.json` in a fresh process, its output in `log`;
-    returns the JSON it wrote plus `process_s` (the whole process: imports, load, data, training)."""
+    returns the JSON it wrote plus `process_s` (the whole process: imports, load, data, training).
+    The `tunesmith` worker runs under the malloc `tunesmith train` picks (tunesmith_malloc)."""
     out = log.with_suffix(".json")
     cmd = [sys.executable, str(Path(script).resolve()), "--worker", name, "--spec", json.dumps(spec), "--out", str(out)]
     t0 = time.perf_counter()
     with log.open("w") as f:
+        env = worker_env(threads, cpu_only, extra_pythonpath)
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                              env=worker_env(threads, cpu_only, extra_pythonpath))
+                              env=tunesmith_malloc(env) if name == "tunesmith" else env)
     if proc.returncode != 0:
         sys.stderr.write(log.read_text()[-6000:])
         raise SystemExit(f"{name} worker of {Path(script).name} failed (exit {proc.returncode}); log above ({log})")

@@ -82,6 +82,11 @@ def measure(cfg: dict, malloc: str) -> dict:
         env.pop("MALLOC_MMAP_THRESHOLD_", None)
         if malloc == "mmap":
             env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        elif malloc in ("jemalloc", "mimalloc"):  # what `tunesmith train` re-executes under (train/allocator.py)
+            sys.path.insert(0, str(ROOT / "src"))
+            from tunesmith.train import allocator  # noqa: PLC0415
+
+            env = allocator.decide({**env, allocator.CHOICE_ENV: malloc}).env
         r = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, env=env)
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
@@ -136,7 +141,8 @@ def main() -> None:
     ap.add_argument("--tiny", help="tiny model directory (tunesmith init-model --size small)")
     ap.add_argument("--real", help="SmolLM2-135M-Instruct as a transformers directory")
     ap.add_argument("--only", default="", help="comma-separated case indices")
-    ap.add_argument("--malloc", default="glibc", choices=["glibc", "mmap"], help="mmap: run with MALLOC_MMAP_THRESHOLD_=65536")
+    ap.add_argument("--malloc", default="glibc", choices=["glibc", "mmap", "jemalloc", "mimalloc"],
+                    help="mmap: run with MALLOC_MMAP_THRESHOLD_=65536; jemalloc/mimalloc: preloaded as tunesmith train does")
     ap.add_argument("--table", action="store_true", help="only print the markdown table of the stored rows, re-predicted")
     ap.add_argument("--out", default=str(ROOT / "bench/results/estimate_accuracy.json"))
     a = ap.parse_args()

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import maxrss_mb
+from common import maxrss_mb, tunesmith_malloc
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "grpo_vs_trl.json"
@@ -160,6 +160,8 @@ def main() -> None:
                 "out": str(tmp / f"{name}.json"), "rl": rl}
         (tmp / f"{name}-spec.json").write_text(json.dumps(spec))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        if name == "tunesmith":
+            env = tunesmith_malloc(env)  # the malloc `tunesmith train` picks (bench/common.py)
         subprocess.run([sys.executable, __file__, "--worker", name, "--spec", str(tmp / f"{name}-spec.json")], check=True, env=env)
         results[name] = summarise(json.loads(Path(spec["out"]).read_text()), a.steps)
         print(name, json.dumps(results[name]), flush=True)

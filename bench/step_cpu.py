@@ -1,12 +1,15 @@
 """CPU seconds per training step on the real model, and the fraction of the matmul bound (issue 17).
 
     PYTHONPATH=src .venv/bin/python bench/step_cpu.py --model /tmp/smollm2 [--steps 5] [--env KEY=VAL ...]
-        [--label NAME] [--set train.key=value ...] [--bound-only]
+        [--label NAME] [--set train.key=value ...] [--compile default] [--bound-only]
 
 The issue-17 configuration (bench/memory_real.py's): SmolLM2-135M-Instruct, LoRA r16/alpha32/dropout0
 on every linear layer, 4 packed rows x 512 tokens of GSM8K per step, fp32, sdpa, one torch thread.
 Each run is one fresh `tunesmith train` process (`--worker`) with the given environment (`--env`:
 allocator variables such as MALLOC_MMAP_THRESHOLD_ or LD_PRELOAD) and config overrides (`--set`).
+Without allocator variables the worker runs under the malloc `tunesmith train` would re-exec under
+(jemalloc/mimalloc when found, train/allocator.py); `--env TUNESMITH_ALLOCATOR=system` for glibc's.
+`--compile default` torch.compiles each decoder layer (measured, not a tunesmith option: bench/README.md).
 
 Why CPU seconds and not wall seconds: the machine is shared, and CPU time (user + sys from
 getrusage, per step) is what survives other jobs. sys time is where page faults show: an allocator
@@ -84,6 +87,21 @@ def flops_per_step(model_dir: str, positions: int, rows: int, row_len: int, labe
     return {**parts, "total": sum(parts.values())}
 
 
+def compile_layers(mode: str):
+    """`--compile MODE`: a callback that torch.compiles (inductor) each decoder layer in place before
+    step 1 (regional compilation: one graph per layer shape, reused by the others). A bench-only lever:
+    the measured numbers are in bench/README.md ("torch.compile of the decoder layers")."""
+    from tunesmith.train.callbacks import Callback
+    from tunesmith.train.forward import base_causal_lm
+
+    class CompileLayers(Callback):
+        def on_train_start(self, module, optimizer) -> None:
+            for layer in base_causal_lm(module.model).model.layers:
+                layer.compile(dynamic=False, mode=None if mode == "default" else mode)
+
+    return CompileLayers()
+
+
 def worker(spec: dict, out: Path) -> None:
     import torch
 
@@ -115,7 +133,8 @@ def worker(spec: dict, out: Path) -> None:
         samples.append(_sample())
         losses.append(record["loss"])
 
-    summary = train(validate_config(cfg), overwrite=True, callbacks=[on_step])
+    callbacks = [on_step] + ([compile_layers(spec["compile"])] if spec.get("compile") else [])
+    summary = train(validate_config(cfg), overwrite=True, callbacks=callbacks)
     steps = [{k: round(b[k] - a[k], 3) for k in ("user", "sys", "minflt", "t")} | {"hwm_mb": b["hwm_mb"], "rss_mb": b["rss_mb"]}
              for a, b in zip(samples, samples[1:])]
     out.write_text(json.dumps({"steps": steps, "losses": losses, "peak_mb": samples[-1]["hwm_mb"],
@@ -139,6 +158,7 @@ def main() -> None:
     ap.add_argument("--env", action="append", default=[], help="KEY=VAL for the worker's environment")
     ap.add_argument("--set", action="append", default=[], help="config override, e.g. train.compile=true")
     ap.add_argument("--label", default="")
+    ap.add_argument("--compile", default="", help="torch.compile each decoder layer: default | max-autotune-no-cudagraphs")
     ap.add_argument("--bound-only", action="store_true")
     ap.add_argument("--worker"), ap.add_argument("--spec"), ap.add_argument("--out")
     args = ap.parse_args()
@@ -152,10 +172,15 @@ def main() -> None:
         return
     work = Path(tempfile.mkdtemp(prefix="tunesmith-stepcpu-"))
     spec = {"model_dir": str(Path(args.model).resolve()), "data": prepare(args.model, args.steps), "steps": args.steps,
-            "run_dir": str(work / "run"), "set": args.set}
+            "run_dir": str(work / "run"), "set": args.set,
+            "compile": args.compile}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     env.update(kv.split("=", 1) for kv in args.env)
+    sys.path.insert(0, str(HERE))
+    from common import tunesmith_malloc  # noqa: PLC0415
+
+    env = tunesmith_malloc(env)  # the malloc `tunesmith train` would pick, unless --env set one (or TUNESMITH_ALLOCATOR)
     out = work / "result.json"
     proc = subprocess.run([sys.executable, __file__, "--worker", "x", "--spec", json.dumps(spec), "--out", str(out)],
                           env=env, cwd=REPO, capture_output=True, text=True)
@@ -170,7 +195,8 @@ def main() -> None:
     labels = st["label_tokens"] / st["rows"] * 4  # mean labelled tokens of 4 packed rows
     flops = flops_per_step(spec["model_dir"], 4 * 512, 4, 512, labels)
     achieved = flops["total"] / cpu / 1e9
-    record = {"label": args.label, "env": args.env, "set": args.set, "steps": r["steps"], "losses": r["losses"],
+    record = {"label": args.label, "env": args.env, "set": args.set, "compile": args.compile,
+              "malloc": env.get("_TUNESMITH_ALLOCATOR_ACTIVE", "glibc").split(":")[0], "steps": r["steps"], "losses": r["losses"],
               "peak_mb": r["peak_mb"], "cpu_s_per_step": round(cpu, 2), "sys_s_per_step": round(sys_s, 2),
               "bound_gflops": round(bound, 1), "flops_per_step": flops,
               "gflops": round(achieved, 1), "fraction_of_bound": round(achieved / bound, 3), "load_avg": os.getloadavg(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -205,8 +205,21 @@ def _eval_overrides(args: argparse.Namespace) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in pairs.items() if v is not None]
 
 
+def _fast_allocator(command: str, from_command_line: bool) -> None:
+    """`tunesmith train` from a command line re-executes itself once under jemalloc/tcmalloc/mimalloc
+    (train/allocator.py); a call of main() with an argv list (tests, other Python) never does."""
+    from .train import allocator
+
+    allocator.at_start(command == "train" and from_command_line and allocator.own_command_line())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        _fast_allocator(args.command, argv is None)
+    except UserError as e:
+        print(f"tunesmith {args.command}: error: {e}", file=sys.stderr)
+        return 2
     if args.command != "ui":  # the dashboard loads no model (its runs are subprocesses): skip importing transformers
         _quiet_libraries()
     from . import api

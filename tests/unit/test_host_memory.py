@@ -59,11 +59,35 @@ def test_user_setting_wins(monkeypatch):
 def test_estimate_follows_the_threshold_in_force(monkeypatch, value, expected):
     """The estimate's CPU allocator term matches the threshold the run will have: tunesmith's pin, a
     user's small value (RSS follows the live bytes), or a user's large one (the heap keeps freed blocks:
-    6.0 GB vs 3.3 GB on SmolLM2 at 32 MiB, bench/README.md)."""
+    6.0 GB vs 3.3 GB on SmolLM2 at 32 MiB, bench/README.md). No jemalloc/mimalloc here: none is found
+    (the re-exec of train/allocator.py is what test_estimate_follows_the_preloaded_allocator covers)."""
     from tunesmith.estimate.plan import cpu_allocator
+    from tunesmith.train import allocator
 
+    monkeypatch.setattr(allocator, "find_library", lambda lib, dirs=None: None)
     if value is None:
         monkeypatch.delenv(host_memory.ENV, raising=False)
     else:
         monkeypatch.setenv(host_memory.ENV, value)
     assert cpu_allocator() == expected
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux-only")
+def test_estimate_follows_the_preloaded_allocator(monkeypatch):
+    """`tunesmith estimate` predicts the malloc `tunesmith train` will re-exec under (jemalloc when
+    found, unless opted out); the run's own estimate (this_process) the malloc it really has."""
+    from pathlib import Path
+
+    from tunesmith.estimate.plan import cpu_allocator
+    from tunesmith.train import allocator
+
+    found = {"jemalloc": Path("/x/libjemalloc.so.2")}
+    monkeypatch.setattr(allocator, "find_library", lambda lib, dirs=None: found.get(lib.name))
+    for var in allocator.user_allocator_vars(os.environ) + [allocator.CHOICE_ENV, allocator.ACTIVE_ENV]:
+        monkeypatch.delenv(var, raising=False)
+    assert cpu_allocator() == "jemalloc"
+    assert cpu_allocator(this_process=True) == "mmap"  # this test process runs glibc, pinned by train
+    monkeypatch.setenv(allocator.CHOICE_ENV, "system")
+    assert cpu_allocator() == "mmap"
+    monkeypatch.setattr(allocator, "loaded", lambda maps=None: "mimalloc")
+    assert cpu_allocator(this_process=True) == "mimalloc"

@@ -40,7 +40,7 @@ def before_model(cfg: RunConfig, device, processes: int = 1) -> dict:
     """The estimate of this run on this machine, made before the model exists."""
     dev = _device(device)
     baseline = _vm("VmRSS") if dev.kind == "cpu" else GPU_OVERHEAD
-    plan = plan_from_config(cfg, target=dev.kind, gpus=processes)
+    plan = plan_from_config(cfg, target=dev.kind, gpus=processes, this_process=True)
     est = estimate_plan(model_shape(cfg.model.path, cfg.model.trust_remote_code), plan, dev, overhead=baseline)
     fits = "fits" if est.peak_bytes <= dev.capacity else "DOES NOT FIT"
     line = (f"estimate: peak {est.peak_bytes / GIB:.2f} GiB on {dev.name} ({dev.capacity / GIB:.0f} GiB: {fits}); "

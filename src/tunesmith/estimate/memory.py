@@ -29,6 +29,12 @@ GIB = 2**30
 # glibc's heap keeps freed activation blocks (see plan.cpu_allocator): the RSS peak of a default run
 # exceeds the live peak by about this fraction of the activations, measured in bench/estimate_accuracy.py.
 GLIBC_RETENTION = 0.8
+# jemalloc / mimalloc with purging off (train/allocator.py, the default of `tunesmith train` when one is
+# found): freed blocks are reused, not returned, so the RSS peak is the live peak plus their size-class
+# and fragmentation slack. Measured on SmolLM2 at 4 x 512 packed tokens (bench/README.md, "the allocator
+# by default"): jemalloc peaked 90-93 MiB, tcmalloc 87 MiB and mimalloc 462 MiB above the pinned glibc run,
+# whose RSS follows the live bytes, on 2,690 MiB of saved activations.
+PRELOAD_RETENTION = {"jemalloc": 0.035, "tcmalloc": 0.035, "mimalloc": 0.17}
 # CPU: what a run adds after the framework baseline whatever its size: the tokenizer, autograd's and
 # OpenMP's worker threads, the loader's mapped safetensors pages. Measured: runs of 512 and 2,048 tokens
 # per micro-batch both peaked ~30 MiB above the sum of their other terms (bench/README.md).
@@ -186,6 +192,10 @@ def breakdown(shape: ModelShape, plan: Plan, adapter_params: int, targets: list[
     if plan.allocator == "glibc":
         b.add("allocator", GLIBC_RETENTION * act["saved"], f"glibc heap retention: {GLIBC_RETENTION} × activations (measured); "
               "tunesmith train pins the threshold on Linux (train/host_memory.py)", "transient")
+    if plan.allocator in PRELOAD_RETENTION:
+        share = PRELOAD_RETENTION[plan.allocator]
+        b.add("allocator", share * act["saved"], f"{plan.allocator} (preloaded by tunesmith train) keeps freed blocks for "
+              f"reuse: {share} × activations of slack (measured)", "transient")
     if plan.target == "cpu":
         b.add("runtime", CPU_RUNTIME, "tokenizer, autograd/OpenMP worker threads, mapped weight pages (measured constant)")
     b.add("framework", overhead, "measured: the process before the model (Python, torch, transformers, CUDA context on a GPU)")

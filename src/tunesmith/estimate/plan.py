@@ -43,7 +43,7 @@ class Plan:
     max_steps: int = 0
     dataset_rows: int = 0  # rows of max_length per epoch (0 = unknown)
     data_bytes: int = 0  # bytes of the training files (their tokenized rows stay in host RAM)
-    allocator: str = "caching"  # GPU: torch's caching allocator; CPU: glibc (default) or mmap (MALLOC_MMAP_THRESHOLD_ set)
+    allocator: str = "caching"  # GPU: torch's caching allocator; CPU: jemalloc/tcmalloc/mimalloc (preloaded), mmap (glibc pinned) or glibc
 
     @property
     def full(self) -> bool:
@@ -94,18 +94,34 @@ def data_file_bytes(files: list[str]) -> int:
 HEAP_THRESHOLD = 1 << 20
 
 
-def cpu_allocator() -> str:
-    """glibc's default malloc raises its mmap threshold after freeing a large block, so later
-    activations come from a heap that is not returned to the OS (the RSS peak grows past the live
-    peak). `tunesmith train` pins the threshold at 128 KiB on Linux (train/host_memory.py), so large
-    blocks stay mmapped and the RSS follows the live bytes ("mmap"). A user's MALLOC_MMAP_THRESHOLD_
-    stands instead: "mmap" up to HEAP_THRESHOLD, "glibc" (with its measured retention term) above.
-    Off Linux the dynamic threshold stands ("glibc")."""
+def cpu_allocator(this_process: bool = False) -> str:
+    """The malloc a CPU run has, as the estimate models it. `tunesmith train` re-executes itself under
+    jemalloc, tcmalloc or mimalloc when it finds one (train/allocator.py): that name, the live bytes
+    plus a measured slack (estimate/memory.py). Without one, glibc's default malloc raises its mmap threshold after
+    freeing a large block, so later activations come from a heap that is not returned to the OS; the
+    run pins the threshold at 128 KiB on Linux (train/host_memory.py), so large blocks stay mmapped and
+    the RSS follows the live bytes ("mmap"). A user's MALLOC_MMAP_THRESHOLD_ stands instead: "mmap" up
+    to HEAP_THRESHOLD, "glibc" (with its measured retention term) above. Off Linux the dynamic
+    threshold stands ("glibc"). `this_process`: the malloc of the calling process (the run's own
+    estimate) rather than the one `tunesmith train` would pick from this environment (`tunesmith estimate`)."""
     import os
     import sys
 
+    from ..errors import ConfigError
+    from ..train import allocator
+
     if not sys.platform.startswith("linux"):
         return "glibc"
+    loaded = allocator.loaded()
+    if loaded is not None:
+        return loaded
+    if not this_process:
+        try:
+            decision = allocator.decide(os.environ)
+        except ConfigError:  # a bad TUNESMITH_ALLOCATOR: `tunesmith train` stops with that error
+            decision = None
+        if decision is not None and decision.env is not None:
+            return decision.env[allocator.ACTIVE_ENV].split(":", 1)[0]
     user = os.environ.get("MALLOC_MMAP_THRESHOLD_")
     try:
         return "glibc" if user is not None and int(user) > HEAP_THRESHOLD else "mmap"
@@ -122,8 +138,10 @@ def _reference(cfg: RunConfig) -> str:
 
 
 def plan_from_config(cfg: RunConfig, *, target: str = "cpu", gpus: int = 1, sharding: str | None = None,
-                     offload: str = "none", generation_tokens: int = 0, dataset_rows: int = 0) -> Plan:
-    """Resolve `cfg` for a run on `target` ("cpu" or "gpu") over `gpus` processes."""
+                     offload: str = "none", generation_tokens: int = 0, dataset_rows: int = 0,
+                     this_process: bool = False) -> Plan:
+    """Resolve `cfg` for a run on `target` ("cpu" or "gpu") over `gpus` processes (`this_process`:
+    the run's own estimate, with this process's malloc; see cpu_allocator)."""
     if sharding is None:
         sharding = "fsdp" if cfg.train.fsdp else "ddp"
     if sharding not in SHARDING:
@@ -147,7 +165,7 @@ def plan_from_config(cfg: RunConfig, *, target: str = "cpu", gpus: int = 1, shar
                 attn=cfg.model.attn_implementation, reference=_reference(cfg), gpus=gpus, sharding=sharding,
                 offload=offload, target=target, generation_tokens=generation_tokens, max_steps=cfg.train.max_steps,
                 dataset_rows=dataset_rows, data_bytes=data_file_bytes(cfg.data.train + cfg.data.eval),
-                allocator="caching" if target == "gpu" else cpu_allocator())
+                allocator="caching" if target == "gpu" else cpu_allocator(this_process))
 
 
 def shortcut_overrides(model: str | None = None, method: str | None = None, micro_batch_size: int | None = None,

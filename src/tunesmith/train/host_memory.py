@@ -21,8 +21,10 @@ train/lora_linear.py cut the faults by 39 % (21.8 s, 4.8 s sys, same peak). Meas
 default: torch's THP_MEM_ALLOC_ENABLE=1 (fewer faults, more sys time: no gain); an 8 MiB threshold (17.1 s
 but 5.5 GB: no middle ground); jemalloc through LD_PRELOAD with purging off
 (MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1): 16.0 s, 0.01 s sys, 3.39 GB, the fastest at this peak,
-but a choice made when the process starts, so it is documented (bench/README.md), not automatic.
-Setting MALLOC_MMAP_THRESHOLD_ (any value) keeps glibc's behaviour; a larger value trades peak for speed.
+a choice made when the process starts: `tunesmith train` now re-executes itself under it (or mimalloc)
+when it finds one (train/allocator.py), and this pin is what runs without either (or under
+TUNESMITH_ALLOCATOR=system, or from the Python API). Setting MALLOC_MMAP_THRESHOLD_ (any value) keeps
+glibc's behaviour; a larger value trades peak for speed.
 """
 
 from __future__ import annotations

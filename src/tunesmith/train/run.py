@@ -29,9 +29,9 @@ from ..io import Claim, apply_umask, atomic_write_text, check_output, claim_dir,
 from ..models.loading import count_parameters, load_model, load_tokenizer, resolve_dtype
 from ..objectives import get_objective
 from ..objectives.base import Objective, SetupContext
+from . import allocator, fsdp
 from . import checkpoint as ckpt
 from .segment_attention import CHECKPOINT_KWARGS
-from . import fsdp
 from .callbacks import Callback, as_callbacks
 from .forward import base_causal_lm
 from .host_memory import pin_mmap_threshold
@@ -212,7 +212,10 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    if acc.device.type == "cpu":
+    malloc = allocator.loaded()
+    if malloc is not None:  # preloaded by `tunesmith train` (train/allocator.py) or by the user
+        say(f"note: malloc: {malloc}, preloaded (docs/performance.md; {allocator.CHOICE_ENV}=system to keep glibc)")
+    elif acc.device.type == "cpu":
         pin_mmap_threshold()  # freed activations go back to the system (train/host_memory.py)
     if acc.num_processes > 1:
         say(f"distributed: {acc.distributed_type.value} over {acc.num_processes} processes ({acc.device.type})")
