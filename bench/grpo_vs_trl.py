@@ -114,6 +114,17 @@ def worker_trl(spec: dict) -> dict:
     return {"times": times, "cpu": cpu, "rewards": rewards, "peak_mb": peak[0] - base}
 
 
+def prepare(tmp: Path, model: str | None) -> tuple[str, Path]:
+    """The model directory (the seeded "small" tiny Llama unless given) and the prompt file."""
+    if model is None:
+        from tunesmith.models.tiny import init_model
+
+        model = str(init_model(tmp / "small", size="small", seed=0))
+    data = tmp / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write a line about the {w}."}) + "\n" for w in WORDS * 8))
+    return model, data
+
+
 def summarise(r: dict, steps: int) -> dict:
     t = r["times"]
     dt = t[-1] - t[1]
@@ -144,13 +155,7 @@ def main() -> None:
         Path(spec["out"]).write_text(json.dumps(out))
         return
     tmp = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
-    model = a.model
-    if model is None:
-        from tunesmith.models.tiny import init_model
-
-        model = str(init_model(tmp / "small", size="small", seed=0))
-    data = tmp / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Write a line about the {w}."}) + "\n" for w in WORDS * 8))
+    model, data = prepare(tmp, a.model)
     results = {}
     import yaml
 
