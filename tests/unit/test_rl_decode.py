@@ -102,3 +102,21 @@ def test_the_preallocated_cache_writes_in_place_and_refuses_to_overflow():
     assert keys.data_ptr() == buf and layer.get_seq_length() == 5
     with pytest.raises(RuntimeError, match="cache full"):
         layer.update(nk[:, :, :1], nv[:, :, :1])
+
+
+def test_the_loop_stops_when_every_row_has_ended(model, tok):
+    """Rows ended by a stop string (or EOS) are not decoded further: when all end at their first
+    token the model runs once (the prefill)."""
+    every_text = sorted({tok.decode([i]) for i in range(len(tok))} - {""})  # any token's text is a stop string
+    calls = []
+    hook = model.register_forward_pre_hook(lambda mod, args: calls.append(1))
+    try:
+        done = sample(model, _prompts(tok), tokenizer=tok, eos_ids=[tok.pad_token_id], pad_id=tok.pad_token_id,
+                      max_new_tokens=8, temperature=1.0, top_p=1.0, stop=every_text, seed=0)
+        assert all(len(c.ids) == 1 and not c.truncated for c in done) and len(calls) == 1
+        calls.clear()
+        sample(model, _prompts(tok), tokenizer=tok, eos_ids=list(range(len(tok))), pad_id=tok.pad_token_id,
+               max_new_tokens=8, temperature=1.0, top_p=1.0, stop=[], seed=0)
+        assert len(calls) == 1
+    finally:
+        hook.remove()
