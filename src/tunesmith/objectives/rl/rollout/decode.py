@@ -63,11 +63,15 @@ def _expand_cache(cache: DynamicCache, rows: torch.Tensor, capacity: int) -> Non
             layer.batch_select_indices(rows)
 
 
-def _cache_kwarg(model) -> str:
-    """transformers 5.x renamed the forward's `past_key_values` to `cache` (the old name warns)."""
+def _forward_kwargs(model, cache: DynamicCache) -> tuple[dict, dict]:
+    """(kwargs of every call, extra kwargs of the prefill). transformers 5.x renamed the forward's
+    `past_key_values` to `cache` (the old name warns); `logits_to_keep=1` spares the prefill the
+    logits of every prompt position, where the model's forward knows it."""
     from ....train.forward import base_causal_lm
 
-    return "cache" if "cache" in inspect.signature(base_causal_lm(model).forward).parameters else "past_key_values"
+    params = inspect.signature(base_causal_lm(model).forward).parameters
+    every = {"cache" if "cache" in params else "past_key_values": cache, "use_cache": True}
+    return every, ({"logits_to_keep": 1} if "logits_to_keep" in params else {})
 
 
 def _distinct(prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
@@ -99,9 +103,9 @@ def decode(model, prompts: list[list[int]], *, pad_id: int, max_new_tokens: int,
     distinct, of = _distinct(prompts)
     ids, mask = left_pad(distinct, pad_id, device)
     cache = DynamicCache()
-    kw = {_cache_kwarg(model): cache, "use_cache": True}  # the cache is filled in place: no need for the output's
+    kw, prefill_kw = _forward_kwargs(model, cache)  # the cache is filled in place: the output's is not needed
     pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate: padding gets position 1
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1, **kw)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, **prefill_kw, **kw)
     rows = torch.tensor(of, device=device)
     B, P = len(prompts), ids.shape[1]
     _expand_cache(cache, rows, P + max_new_tokens)
