@@ -43,7 +43,7 @@ def test_long_completions_are_not_packed_into_one_block():
     assert not rl_batch._share_prompt(10, [2000] * 8)  # the block's dense attention would cost more
 
 
-def test_shared_blocks_give_the_logps_and_gradients_of_separate_rows(tiny_dir, monkeypatch):
+def test_shared_blocks_give_the_logps_and_gradients_of_separate_rows(tiny_dir):
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
     r = lambda n: torch.randint(3, 500, (n,), generator=g).tolist()  # noqa: E731
@@ -60,9 +60,22 @@ def test_shared_blocks_give_the_logps_and_gradients_of_separate_rows(tiny_dir, m
 
     shared = collate_samples(rows, 0)
     assert shared["input_ids"].shape[0] == 2
-    monkeypatch.setattr(rl_batch, "_share_prompt", lambda *a: False)
-    apart = collate_samples(rows, 0)
+    apart = collate_samples(rows, 0, share_prompts=False)
     assert apart["input_ids"].shape[0] == 5 and "attention_mask" not in apart
     (a, ea, ga), (b, eb, gb) = run(shared), run(apart)
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ea, eb, atol=1e-5)
     assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-4) and ga.abs().sum() > 0
+
+
+def test_flash_attention_2_gets_separate_rows():
+    """flash-attention-2 takes no 4D mask (it would read a block as one sequence): no shared blocks."""
+    from types import SimpleNamespace
+
+    from tunesmith.objectives.rl.grpo import GRPOObjective
+
+    rows = [Sample([1, 2, 3], [4, 5], False), Sample([1, 2, 3], [6], False)]
+    obj = GRPOObjective.__new__(GRPOObjective)
+    for attn, n_rows in [("sdpa", 1), ("eager", 1), ("flash_attention_2", 2)]:
+        obj.cfg = SimpleNamespace(model=SimpleNamespace(attn_implementation=attn))
+        b = obj.collate(rows, 0)
+        assert b["input_ids"].shape[0] == n_rows and ("attention_mask" in b) == (n_rows == 1), attn

@@ -11,7 +11,8 @@ positions restart where the prompt ends and a 4D attention mask lets it see the 
 never its siblings, so the prompt goes through the forward (and the backward) once per group instead
 of G times; the math is that of G separate rows (tests/unit/test_rl_batch.py). A group is split
 into separate rows instead when that is cheaper: its block's attention (T^2, a dense mask) against
-the prompt tokens saved (`_share_prompt`). Blocks are right-padded (padding attends to itself only;
+the prompt tokens saved (`_share_prompt`), and always with flash-attention-2, which takes no 4D
+mask (it would read the restarting positions as one sequence). Blocks are right-padded (padding attends to itself only;
 without any shared block there is no mask at all: padding then sits after every real token, which
 the causal mask already hides). `src` lists the hidden row (flat index into the (rows, T) block
 layout) that predicts each completion token, `tgt` the token, and a (B, C) `mask` over completion
@@ -57,11 +58,11 @@ def _share_prompt(prompt_len: int, completion_lens: list[int]) -> bool:
     return cost(prompt_len + sum(completion_lens)) < sum(cost(prompt_len + n) for n in completion_lens)
 
 
-def _blocks(rows: list[Sample]) -> list[list[int]]:
+def _blocks(rows: list[Sample], share_prompts: bool) -> list[list[int]]:
     """Runs of consecutive rows with the same prompt, one block each where sharing it pays."""
     runs: list[list[int]] = []
     for i, r in enumerate(rows):
-        if runs and rows[runs[-1][0]].prompt_ids == r.prompt_ids:
+        if share_prompts and runs and rows[runs[-1][0]].prompt_ids == r.prompt_ids:
             runs[-1].append(i)
         else:
             runs.append([i])
@@ -72,9 +73,10 @@ def _blocks(rows: list[Sample]) -> list[list[int]]:
     return out
 
 
-def collate_samples(rows: list[Sample], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True) -> dict[str, torch.Tensor]:
+    """`share_prompts=False`: one row per completion (attention kernels that cannot take a 4D mask)."""
     B = len(rows)
-    blocks = _blocks(rows)
+    blocks = _blocks(rows, share_prompts)
     lengths = [len(rows[b[0]].prompt_ids) + sum(len(rows[i].completion_ids) for i in b) for b in blocks]
     T = max(lengths)
     C = max(max(len(r.completion_ids) for r in rows), 1)
