@@ -120,3 +120,16 @@ def test_the_loop_stops_when_every_row_has_ended(model, tok):
         assert len(calls) == 1
     finally:
         hook.remove()
+
+
+def test_the_noise_stream_is_fixed():
+    """Each row's perturbation is z / T + Gumbel from its own generator's fp64 uniforms, drawn in
+    row order, one (V,) vector per call: the stream resume and the 2-process split rely on."""
+    z = torch.randn(3, 11)
+    rs = _RowSampler([5, 6, 7], 0.7, 1.0)
+    got = [rs.perturb(z[[0, 2]], [0, 2]), rs.perturb(z[[2]], [2])]
+    gens = [torch.Generator().manual_seed(s) for s in (5, 6, 7)]
+    def want(rows, zz):
+        u = torch.stack([torch.rand(11, generator=gens[r], dtype=torch.float64) for r in rows])
+        return zz / 0.7 + (-torch.log(-torch.log(u.clamp(min=1e-300)))).float()
+    assert torch.equal(got[0], want([0, 2], z[[0, 2]])) and torch.equal(got[1], want([2], z[[2]]))

@@ -64,9 +64,15 @@ class _RowSampler:
             z = self.top_p(None, z)
         if self.gens is None:  # on the logits' device: no (B, V) noise crosses from the CPU per token
             self.gens = [torch.Generator(device=z.device).manual_seed(s) for s in self.seeds]
-        u = torch.stack([torch.rand(z.shape[1], generator=self.gens[r], dtype=torch.float64, device=z.device) for r in rows])
-        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))  # (R, V)
-        return z + gumbel.to(z.dtype)
+            # One (B, V) fp64 noise buffer for the whole decode, filled and transformed in place: a fresh
+            # one per token would be ~7 (B, V) fp64 allocations a step (on the CPU, fresh pages each).
+            self.noise = torch.empty((len(self.seeds), z.shape[1]), dtype=torch.float64, device=z.device)
+        rows = list(rows)
+        u = self.noise[: len(rows)]
+        for i, r in enumerate(rows):
+            torch.rand(z.shape[1], generator=self.gens[r], dtype=torch.float64, device=z.device, out=u[i])
+        gumbel = u.clamp_(min=1e-300).log_().neg_().log_().neg_()  # -log(-log u): (R, V) Gumbel(0, 1)
+        return z.add_(gumbel.to(z.dtype)) if z is not scores else z + gumbel.to(z.dtype)
 
     def pick(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         return self.perturb(scores, rows.tolist()).argmax(-1)
