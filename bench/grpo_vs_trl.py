@@ -1,7 +1,7 @@
 """tunesmith's GRPO against TRL's GRPOTrainer + PEFT on the CPU: completions/s, peak memory and the
 reward curve of each, same model, prompts, group size, lengths and LoRA.
 
-    .venv/bin/python bench/grpo_vs_trl.py [--steps 15] [--model DIR]
+    .venv/bin/python bench/grpo_vs_trl.py [--steps 15] [--model DIR] [--repeats 3] [--tag smollm2]
 
 Needs `trl` (the `bench` extra). Each framework runs in a fresh subprocess (`--worker`), so its peak
 memory is its own ru_maxrss. Model: the "small" tiny Llama (hidden 256, 4 layers, vocab 2048,
@@ -12,9 +12,14 @@ constant, AdamW, clip 1.0, fp32, one torch thread, no gradient accumulation. Rew
 `length` reward (1 - |chars - 24| / 24, at least -1), which an untrained model can climb. Sampling
 RNGs differ between the frameworks, so the curves agree in trend, not step by step.
 
-Measured: completions/s over steps 3..N (wall clock at each step's end: generation, scoring, the
+With --repeats N the frameworks run strictly alternating (t, trl, t, trl, ...: bench/common.py) and
+each framework's run with the median CPU seconds per step is kept (its memory, reward and lengths
+with it). Measured: completions/s over steps 3..N (wall clock at each step's end: generation, scoring, the
 training forward/backward and the optimizer inside), peak MB = ru_maxrss at the end minus after
-the imports and one model load, mean reward of the first and last 3 steps.
+the imports and one model load, mean reward of the first and last 3 steps, CPU seconds per step
+(user + sys, the measure that survives a shared machine) and the mean completion length in tokens
+(tunesmith's `completion_length`, TRL's `completions/mean_length`: both must generate as much for the
+speed to compare).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import maxrss_mb, tunesmith_malloc
+from common import alternating, load_avg, machine, maxrss_mb, median_run, tunesmith_malloc, versions
 
 HERE = Path(__file__).resolve().parent
 RESULTS_JSON = HERE / "results" / "grpo_vs_trl.json"
@@ -56,12 +61,13 @@ def worker_tunesmith(spec: dict) -> dict:
     from tunesmith.train.run import train
 
     base = baseline(spec["model_dir"])
-    times, cpu, rewards, peak = [], [], [], [0.0]
+    times, cpu, rewards, lengths, peak = [], [], [], [], [0.0]
 
     def on_step(step, record):
         times.append(time.perf_counter())
         cpu.append(time.process_time())
         rewards.append(record["reward"])
+        lengths.append(record["completion_length"])
         peak[0] = maxrss_mb()
 
     cfg = {"model": {"path": spec["model_dir"], "dtype": "fp32"}, "method": "grpo", "data": {"train": [spec["data"]]},
@@ -73,7 +79,7 @@ def worker_tunesmith(spec: dict) -> dict:
            "output_dir": spec["run_dir"]}
     cfg["rl"].update(spec.get("rl", {}))
     train(validate_config(cfg), overwrite=True, callbacks=[on_step])
-    return {"times": times, "cpu": cpu, "rewards": rewards, "peak_mb": peak[0] - base}
+    return {"times": times, "cpu": cpu, "rewards": rewards, "lengths": lengths, "peak_mb": peak[0] - base}
 
 
 def worker_trl(spec: dict) -> dict:
@@ -91,9 +97,9 @@ def worker_trl(spec: dict) -> dict:
                       beta=0.0, loss_type="dapo", scale_rewards="group", learning_rate=LR, lr_scheduler_type="constant",
                       warmup_steps=0, max_steps=spec["steps"], logging_steps=1, save_strategy="no", report_to=[],
                       bf16=False, fp16=False, use_cpu=True, seed=0, disable_tqdm=True, shuffle_dataset=False,
-                      model_init_kwargs={"dtype": "float32"})
+                      model_init_kwargs={"dtype": "float32"}, **spec.get("trl", {}))
     lora = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    times, cpu, rewards, peak = [], [], [], [0.0]
+    times, cpu, rewards, lengths, peak = [], [], [], [], [0.0]
 
     class Timer(transformers.TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
@@ -104,6 +110,7 @@ def worker_trl(spec: dict) -> dict:
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "reward" in logs:
                 rewards.append(float(logs["reward"]))
+                lengths.append(float(logs["completions/mean_length"]))
 
     def length(prompts, completions, **kw):
         return length_reward(completions)
@@ -111,7 +118,18 @@ def worker_trl(spec: dict) -> dict:
     tok = transformers.AutoTokenizer.from_pretrained(spec["model_dir"])
     GRPOTrainer(model=spec["model_dir"], reward_funcs=[length], args=args, train_dataset=ds, processing_class=tok,
                 peft_config=lora, callbacks=[Timer()]).train()
-    return {"times": times, "cpu": cpu, "rewards": rewards, "peak_mb": peak[0] - base}
+    return {"times": times, "cpu": cpu, "rewards": rewards, "lengths": lengths, "peak_mb": peak[0] - base}
+
+
+def prepare(tmp: Path, model: str | None) -> tuple[str, Path]:
+    """The model directory (the seeded "small" tiny Llama unless given) and the prompt file."""
+    if model is None:
+        from tunesmith.models.tiny import init_model
+
+        model = str(init_model(tmp / "small", size="small", seed=0))
+    data = tmp / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Write a line about the {w}."}) + "\n" for w in WORDS * 8))
+    return model, data
 
 
 def summarise(r: dict, steps: int) -> dict:
@@ -122,7 +140,8 @@ def summarise(r: dict, steps: int) -> dict:
     return {"completions_per_s": round(per_step * (len(t) - 2) / dt, 2), "s_per_step": round(dt / (len(t) - 2), 3),
             "cpu_s_per_step": round((c[-1] - c[1]) / (len(c) - 2), 3),
             "peak_mb": round(r["peak_mb"], 1), "reward_first3": round(sum(r["rewards"][:3]) / 3, 3),
-            "reward_last3": round(sum(r["rewards"][-3:]) / 3, 3), "rewards": [round(x, 3) for x in r["rewards"]]}
+            "reward_last3": round(sum(r["rewards"][-3:]) / 3, 3), "rewards": [round(x, 3) for x in r["rewards"]],
+            "completion_length": round(sum(r["lengths"]) / len(r["lengths"]), 2)}
 
 
 def main() -> None:
@@ -133,7 +152,10 @@ def main() -> None:
     ap.add_argument("--spec")
     ap.add_argument("--only", choices=["tunesmith", "trl"], help="run one framework (CPU-time checks of a change)")
     ap.add_argument("--rl", nargs="*", default=[], help="tunesmith rl.KEY=VALUE settings, e.g. kl_every=0")
+    ap.add_argument("--trl", nargs="*", default=[],
+                    help="TRL GRPOConfig KEY=VALUE overrides, e.g. gradient_checkpointing=false (TRL's GRPO default is true)")
     ap.add_argument("--tag", default="", help="results/grpo_vs_trl{-TAG}.json")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per framework, strictly alternating; the median is kept")
     a = ap.parse_args()
     if a.worker:
         spec = json.loads(Path(a.spec).read_text())
@@ -144,30 +166,29 @@ def main() -> None:
         Path(spec["out"]).write_text(json.dumps(out))
         return
     tmp = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
-    model = a.model
-    if model is None:
-        from tunesmith.models.tiny import init_model
-
-        model = str(init_model(tmp / "small", size="small", seed=0))
-    data = tmp / "prompts.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Write a line about the {w}."}) + "\n" for w in WORDS * 8))
-    results = {}
+    model, data = prepare(tmp, a.model)
     import yaml
 
     rl = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.rl)}
-    for name in [a.only] if a.only else ["tunesmith", "trl"]:
-        spec = {"model_dir": model, "data": str(data), "steps": a.steps, "run_dir": str(tmp / f"run-{name}"),
-                "out": str(tmp / f"{name}.json"), "rl": rl}
+    trl_args = {k: yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.trl)}
+    info = {"trl_overrides": trl_args, "versions": versions(), "machine": machine(), "model": a.model or "tiny small", "steps": a.steps,
+            "repeats": a.repeats, "rl": rl, "malloc_mmap_threshold_env": os.environ.get("MALLOC_MMAP_THRESHOLD_")}
+    runs: dict[str, list[dict]] = {}
+    for rep, name in alternating([a.only] if a.only else ["tunesmith", "trl"], a.repeats):  # t, trl, t, trl, ...
+        spec = {"model_dir": model, "data": str(data), "steps": a.steps, "run_dir": str(tmp / f"run-{name}-{rep}"),
+                "out": str(tmp / f"{name}-{rep}.json"), "rl": rl, "trl": trl_args}
         (tmp / f"{name}-spec.json").write_text(json.dumps(spec))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         if name == "tunesmith":
             env = tunesmith_malloc(env)  # the malloc `tunesmith train` picks (bench/common.py)
         subprocess.run([sys.executable, __file__, "--worker", name, "--spec", str(tmp / f"{name}-spec.json")], check=True, env=env)
-        results[name] = summarise(json.loads(Path(spec["out"]).read_text()), a.steps)
-        print(name, json.dumps(results[name]), flush=True)
+        runs.setdefault(name, []).append(summarise(json.loads(Path(spec["out"]).read_text()), a.steps))
+        print(name, rep, json.dumps(runs[name][-1]), flush=True)
+    results = {name: median_run(r, "cpu_s_per_step") for name, r in runs.items()}  # the run with the median CPU s/step
     if not a.only:
         results["speedup"] = round(results["tunesmith"]["completions_per_s"] / results["trl"]["completions_per_s"], 2)
         results["cpu_speedup"] = round(results["trl"]["cpu_s_per_step"] / results["tunesmith"]["cpu_s_per_step"], 2)
+    results["info"] = {**info, "load_avg_end": load_avg()}
     out = RESULTS_JSON.with_name(f"grpo_vs_trl-{a.tag}.json") if a.tag else RESULTS_JSON
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))

@@ -82,8 +82,12 @@ TABLES: dict[str, Table] = {
     "quantize_ppl": Table("quantize_ppl.py", (), "quantize_ppl", "30-35"),
     "quantize_algos": Table("quantize_algos.py", ("--steps", "150", "--work", "{work}/model"), "quantize_algos", "12"),
     "serve_throughput": Table("serve_throughput.py", ("--requests", "16", "--max-tokens", "32"), "serve_throughput", "1-2"),
-    "grpo_vs_trl": Table("grpo_vs_trl.py", ("--steps", "15"), "grpo_vs_trl", "3-5",
+    "grpo_vs_trl": Table("grpo_vs_trl.py", ("--steps", "15", "--repeats", "{repeats}"), "grpo_vs_trl", "4-6",
                          note="its README table is edited by hand"),
+    "grpo_vs_trl_smollm2": Table(
+        "grpo_vs_trl.py", ("--model", "{smollm2}", "--steps", "6", "--repeats", "{repeats}", "--tag", "smollm2"),
+        "grpo_vs_trl-smollm2", "10-14", needs=("smollm2",),
+        note="SmolLM2 + LoRA, 4 prompts x 4 completions of 16 tokens; its README table is edited by hand"),
     "estimate_accuracy": Table(
         "estimate_accuracy.py", ("--tiny", "{work}/small", "--real", "{smollm2}"), "estimate_accuracy", "60-90",
         ("--table", "--tiny", "{work}/small", "--real", "{smollm2}"), needs=("smollm2",), prepare=(TINY,),

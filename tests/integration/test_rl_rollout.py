@@ -32,15 +32,16 @@ def _sample(model, tok, prompts, **kw):
 
 @pytest.mark.parametrize("chunk", [1024, 3])
 def test_recomputed_logps_equal_the_samplers(model, tok, chunk):
-    prompts = _prompts(tok) * 2
+    prompts = [p for p in _prompts(tok) for _ in range(2)]  # groups of two: their prompts are shared in the forward
     done = _sample(model, tok, prompts, return_logps=True)
     rows = [Sample(p, c.ids, c.truncated) for p, c in zip(prompts, done)]
     batch = collate_samples(rows, tok.pad_token_id)
     wrapper = CompletionLogps(model, chunk, 0.7)
     with torch.no_grad():
-        flat = wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"])
+        flat = wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], attention_mask=batch.get("attention_mask"))
         scored, entropy, _ = score_tokens(wrapper, batch)
-        again, fused_entropy = wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], entropy=True)
+        again, fused_entropy = wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], entropy=True,
+                                       attention_mask=batch.get("attention_mask"))
     got = unflatten(flat, batch["mask"])
     # the training forward's entropy (from its chunked logits) is the rollout pass's
     assert torch.equal(again, flat) and torch.allclose(fused_entropy, entropy, atol=1e-5)
@@ -105,7 +106,8 @@ def test_lora_policy_and_its_reference(tiny_dir, tok):
     batch = collate_samples([Sample(p, c.ids, c.truncated) for p, c in zip(prompts, done)], tok.pad_token_id)
     wrapper = CompletionLogps(peft, 1024, 1.0)
     with torch.no_grad():
-        got = unflatten(wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"]), batch["mask"])
+        got = unflatten(wrapper(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"],
+                                attention_mask=batch.get("attention_mask")), batch["mask"])
         with adapter_disabled(wrapper):
             ref = score_tokens(wrapper, batch)[0]
         base_logps = score_tokens(plain, batch)[0]

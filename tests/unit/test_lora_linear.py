@@ -138,3 +138,25 @@ def test_packed_row_equals_examples_one_by_one_with_fused_lora(tiny_dir):
     torch.testing.assert_close(loss_packed, loss_alone, rtol=1e-5, atol=1e-5)
     for n, p in lora.items():
         torch.testing.assert_close(g_packed[n], p.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_no_grad_path_is_bitwise_the_autograd_forward():
+    """Without gradient recording (generation, reference passes) the fused layers skip the autograd
+    Function but compute the very same ops: equal bits, and no graph."""
+    _, fused, _ = _pair(dtype=torch.float32)
+    x = torch.randn(4, 3, 12)
+    with_grad = fused(x)
+    with torch.no_grad():
+        without = fused(x)
+    assert torch.equal(without, with_grad.detach()) and without.grad_fn is None
+    calls = []
+    orig = LoraLinear.apply
+    LoraLinear.apply = lambda *a: calls.append(1) or orig(*a)
+    try:
+        with torch.inference_mode():
+            assert torch.equal(fused(x), with_grad.detach())
+        assert calls == []  # the direct path ran
+        fused(x)
+        assert len(calls) == 3
+    finally:
+        LoraLinear.apply = orig

@@ -32,14 +32,20 @@ class LoraLinear(torch.autograd.Function):
     """x (..., d_in) -> x W^T + b + scaling (x A^T) B^T with W, b frozen and A, B trainable."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
+    def compute(x, weight, bias, lora_a, lora_b, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, x A^T): the forward's arithmetic, also run directly when no gradient is recorded."""
         x2 = x.reshape(-1, x.shape[-1])
         a = x2 @ lora_a.T  # (N, r)
         out = x2 @ weight.T if bias is None else torch.addmm(bias, x2, weight.T)
         out.addmm_(a, lora_b.T, alpha=scaling)  # in place: no (N, d_out) temporary for the LoRA path
+        return out.view(*x.shape[:-1], out.shape[-1]), a
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float):
+        out, a = LoraLinear.compute(x, weight, bias, lora_a, lora_b, scaling)
         ctx.save_for_backward(x, weight, lora_a, lora_b, a)
         ctx.scaling = scaling
-        return out.view(*x.shape[:-1], out.shape[-1])
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -81,8 +87,10 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
-    return LoraLinear.apply(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                            float(self.scaling[name]))
+    args = (x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight, float(self.scaling[name]))
+    if not torch.is_grad_enabled():  # generation, reference passes: the same arithmetic without autograd's bookkeeping
+        return LoraLinear.compute(*args)[0]
+    return LoraLinear.apply(*args)
 
 
 def fuse_lora_linears(model: nn.Module) -> int:

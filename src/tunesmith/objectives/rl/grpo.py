@@ -47,7 +47,8 @@ class GRPOObjective(OnlineRLObjective):
 
     def step(self, model, batch: dict):
         mask = batch["mask"]
-        flat, entropy = model(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], entropy=True)
+        flat, entropy = model(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], entropy=True,
+                              attention_mask=batch.get("attention_mask"))
         logps = unflatten(flat, mask)
         old = batch["old_logps"] if self.reuse() > 1 else logps.detach()
         per_token, clipped = clipped_surrogate(logps, old, batch["advantage"][:, None].to(logps.dtype),

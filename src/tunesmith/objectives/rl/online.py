@@ -61,7 +61,11 @@ class OnlineRLObjective(Objective):
         return self.rl.beta > 0
 
     def collate(self, rows, pad_id: int) -> dict:
-        return collate_samples(rows, pad_id)
+        return collate_samples(rows, pad_id, self.share_prompts())
+
+    def share_prompts(self) -> bool:
+        """A group's prompt once in the forward (batch.py) needs a 4D mask, which flash-attention-2 cannot take."""
+        return self.cfg.model.attn_implementation != "flash_attention_2"
 
     def rollout(self, policy, micro_batches, step):
         start = step - step % self.reuse()
@@ -134,7 +138,7 @@ class OnlineRLObjective(Objective):
         try:
             for s in range(0, len(samples), n):
                 rows = samples[s : s + n]
-                batch = {k: v.to(self.ctx.device) for k, v in collate_samples(rows, self.ctx.pad_id).items()}
+                batch = {k: v.to(self.ctx.device) for k, v in collate_samples(rows, self.ctx.pad_id, self.share_prompts()).items()}
                 with self.ctx.autocast():
                     logps, ent, values = score_tokens(policy, batch) if need_policy else (None, None, None)
                     ref = self._ref_logps(policy, batch) if need_ref else None

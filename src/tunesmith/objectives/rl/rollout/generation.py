@@ -1,14 +1,18 @@
 """Batched sampling of completions with the policy being trained, inside the training loop.
 
-Prompts are left-padded into one batch and decoded with transformers' `generate` (KV cache on,
-whatever the training config says about `use_cache`), in eval mode (no dropout). Each row draws its
+Prompts are left-padded into one batch and decoded by rollout/decode.py (KV cache on, whatever the
+training config says about `use_cache`; each distinct prompt prefilled once for its group), in
+eval mode (no dropout). Each row draws its
 tokens with its own generator (Gumbel-max: argmax(logits / T + Gumbel noise), top-p applied first,
 which samples exactly softmax(logits / T) restricted to the nucleus), seeded by (run seed, step,
 the row's position in the step's global batch). So a completion depends on its prompt, the policy
 and where it sits in the step, not on how the step is split into micro-batches and processes (one
 process with accumulation samples what two processes sample), a resumed run samples exactly what
 the uninterrupted run sampled (on the same kind of device: the noise is drawn where the logits
-are, and CPU and CUDA generators give different streams), and the training RNG stream is untouched. Only temperature and
+are, and CPU and CUDA generators give different streams), and the training RNG stream is untouched.
+A row's generator draws one (V,) noise vector per token of its completion, so the tokens are the
+ones transformers' `generate` with the same noise gave (it drew for ended rows too, which no other
+row's stream sees). Only temperature and
 top-p shape the distribution: the model's generation_config (repetition penalty, top-k) is not
 applied, so the sampling distribution is the one the training forward's log-probs describe. A completion ends
 after EOS (kept: it is the token that ends the turn and it is trained like any other) or after the
@@ -20,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .decode import decode
 
 
 @dataclass
@@ -46,15 +52,30 @@ class _RowSampler:
         self.temperature = temperature
         self.top_p = TopPLogitsWarper(top_p) if top_p < 1.0 else None
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
+        """(B, V) logits of all rows -> (B, V) perturbed scores whose argmax is each row's sample."""
+        return self.perturb(scores, range(len(self.seeds)))
+
+    def perturb(self, scores: torch.Tensor, rows) -> torch.Tensor:
+        """(R, V) logits of the rows `rows` (indices into `seeds`) -> their perturbed scores; only
+        those rows' generators advance."""
         z = scores.float() / self.temperature
         if self.top_p is not None:
-            z = self.top_p(input_ids, z)
+            z = self.top_p(None, z)
         if self.gens is None:  # on the logits' device: no (B, V) noise crosses from the CPU per token
             self.gens = [torch.Generator(device=z.device).manual_seed(s) for s in self.seeds]
-        u = torch.stack([torch.rand(z.shape[1], generator=g, dtype=torch.float64, device=z.device) for g in self.gens])
-        gumbel = -torch.log(-torch.log(u.clamp(min=1e-300)))  # (B, V)
-        return z + gumbel.to(z.dtype)
+            # One (B, V) fp64 noise buffer for the whole decode, filled and transformed in place: a fresh
+            # one per token would be ~7 (B, V) fp64 allocations a step (on the CPU, fresh pages each).
+            self.noise = torch.empty((len(self.seeds), z.shape[1]), dtype=torch.float64, device=z.device)
+        rows = list(rows)
+        u = self.noise[: len(rows)]
+        for i, r in enumerate(rows):
+            torch.rand(z.shape[1], generator=self.gens[r], dtype=torch.float64, device=z.device, out=u[i])
+        gumbel = u.clamp_(min=1e-300).log_().neg_().log_().neg_()  # -log(-log u): (R, V) Gumbel(0, 1)
+        return z.add_(gumbel.to(z.dtype)) if z is not scores else z + gumbel.to(z.dtype)
+
+    def pick(self, scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        return self.perturb(scores, rows.tolist()).argmax(-1)
 
 
 def _cut_at_stop(ids: list[int], stop: list[str], tokenizer) -> int | None:
@@ -65,16 +86,6 @@ def _cut_at_stop(ids: list[int], stop: list[str], tokenizer) -> int | None:
         if any(s in tokenizer.decode(ids[:k]) for s in stop):
             return k
     return None
-
-
-def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), T), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, T - len(p):] = torch.tensor(p)
-        mask[i, T - len(p):] = 1
-    return ids.to(device), mask.to(device)
 
 
 @torch.no_grad()
@@ -92,32 +103,28 @@ def sample(model, prompts: list[list[int]], *, tokenizer, eos_ids: list[int], pa
         for s in range(0, len(prompts), chunk):
             seeds = [step_seed(seed, step, first_row + i) for i in range(s, min(s + chunk, len(prompts)))]
             out += _sample_batch(model, prompts[s : s + chunk], tokenizer, eos_ids, pad_id, max_new_tokens,
-                                 _RowSampler(seeds, temperature, top_p), stop, return_logps, temperature, device)
+                                 _RowSampler(seeds, temperature, top_p), stop, return_logps, temperature)
     finally:
         model.train(was_training)
     return out
 
 
-def _sample_batch(model, prompts, tokenizer, eos_ids, pad_id, max_new_tokens, row_sampler, stop, return_logps, temperature, device):
-    from transformers import GenerationConfig, LogitsProcessorList
+def _sample_batch(model, prompts, tokenizer, eos_ids, pad_id, max_new_tokens, row_sampler, stop, return_logps, temperature):
+    eos = set(eos_ids)
 
-    ids, mask = _left_pad(prompts, pad_id, device)
-    kw = dict(stop_strings=stop, tokenizer=tokenizer) if stop else {}
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id,
-                              use_cache=True, return_dict_in_generate=True, output_logits=return_logps)
-    gen = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                         logits_processor=LogitsProcessorList([row_sampler]), **kw)
-    new = gen.sequences[:, ids.shape[1]:].tolist()
+    def ended(row: int, toks: list[int]) -> bool:
+        return toks[-1] in eos or (bool(stop) and _cut_at_stop(toks, stop, tokenizer) is not None)
+
+    new, step_logits = decode(model, prompts, pad_id=pad_id, max_new_tokens=max_new_tokens, pick=row_sampler.pick,
+                              ended=ended, keep_logits=return_logps)
     out = []
     for i, toks in enumerate(new):
-        end = next((k + 1 for k, t in enumerate(toks) if t in eos_ids), None)
-        truncated = end is None
-        cut = _cut_at_stop(toks[: end or len(toks)], stop, tokenizer)
+        truncated = toks[-1] not in eos
+        cut = _cut_at_stop(toks, stop, tokenizer) if truncated else None
         if cut is not None:
-            end, truncated = cut, False
-        toks = toks[: end or max_new_tokens]
+            toks, truncated = toks[:cut], False
         logps = None
         if return_logps:
-            logps = [float(torch.log_softmax(gen.logits[k][i].float() / temperature, -1)[t]) for k, t in enumerate(toks)]
+            logps = [float(torch.log_softmax(step_logits[i][k] / temperature, -1)[t]) for k, t in enumerate(toks)]
         out.append(Completion(toks, truncated, logps))
     return out
