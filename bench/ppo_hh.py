@@ -38,15 +38,34 @@ def single_turn_pairs(path: Path, max_chars: int = 500) -> list[dict]:
     return out
 
 
-def write_data(out: Path, rm_pairs: int, n_prompts: int) -> tuple[Path, Path, Path]:
+def first_human_turns(path: Path, max_chars: int = 300) -> list[str]:
+    """The first human turn of every transcript (multi-turn ones too), deduplicated, in file order."""
+    seen: dict[str, None] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            h = json.loads(line)["chosen"].split("\n\nAssistant:", 1)[0].removeprefix("\n\nHuman:").strip()
+            if h and len(h) < max_chars:
+                seen.setdefault(h, None)
+    return list(seen)
+
+
+def write_data(out: Path, rm_pairs: int, n_prompts: int, n_heldout_prompts: int = 64) -> tuple[Path, Path, Path, Path]:
+    """RM train pairs, 100 held-out pairs, then PPO prompts and held-out PPO prompts: first human
+    turns of any transcript whose prompt is in neither RM split (single-turn pairs are only 549 of
+    2,312 rows, so PPO draws its prompts from all of them)."""
     rows = single_turn_pairs(HH)
+    if rm_pairs + 100 > len(rows):
+        raise SystemExit(f"--rm-pairs {rm_pairs}: only {len(rows)} single-turn pairs, 100 of them held out")
     out.mkdir(parents=True, exist_ok=True)
-    train, held, prompts = out / "rm_train.jsonl", out / "rm_heldout.jsonl", out / "ppo_prompts.jsonl"
+    train, held = out / "rm_train.jsonl", out / "rm_heldout.jsonl"
+    prompts, held_prompts = out / "ppo_prompts.jsonl", out / "ppo_heldout_prompts.jsonl"
     train.write_text("".join(json.dumps(r) + "\n" for r in rows[:rm_pairs]))
     held.write_text("".join(json.dumps(r) + "\n" for r in rows[rm_pairs : rm_pairs + 100]))
-    rest = rows[rm_pairs + 100 :][:n_prompts]
-    prompts.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in rest))
-    return train, held, prompts
+    used = {r["prompt"] for r in rows[: rm_pairs + 100]}
+    rest = [p for p in first_human_turns(HH) if p not in used]
+    held_prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rest[:n_heldout_prompts]))
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in rest[n_heldout_prompts:][:n_prompts]))
+    return train, held, prompts, held_prompts
 
 
 def main() -> None:
@@ -60,13 +79,14 @@ def main() -> None:
     ap.add_argument("--rm", nargs="*", default=[], help="overrides of the reward-model run")
     ap.add_argument("--ppo", nargs="*", default=[], help="overrides of the PPO run")
     ap.add_argument("--skip-rm", action="store_true", help="reuse OUT/rm (already trained)")
+    ap.add_argument("--rm-only", action="store_true", help="train and measure the reward model, no PPO")
     a = ap.parse_args()
     from tunesmith.score import score
     from tunesmith.train.metrics import read_metrics
     from tunesmith.train.run import train
 
     out = Path(a.out)
-    train_f, held_f, prompts_f = write_data(out / "data", a.rm_pairs, a.prompts)
+    train_f, held_f, prompts_f, held_prompts_f = write_data(out / "data", a.rm_pairs, a.prompts)
     common = [f"model.path={a.model}", "adapter.type=lora", "adapter.r=16", "adapter.alpha=32", "adapter.dropout=0.0",
               "train.progress=false", "train.save_every=0", "train.warmup_steps=0", "train.scheduler=constant"]
     result: dict = {}
@@ -81,6 +101,9 @@ def main() -> None:
     result["rm_heldout_accuracy"] = score(out / "rm", held_f)["accuracy"]
     result["rm_train_accuracy"] = score(out / "rm", train_f)["accuracy"]
     print("reward model:", result, flush=True)
+    (out / "rm.json").write_text(json.dumps(result, indent=1))
+    if a.rm_only:
+        return
     t0 = time.process_time()
     train(None, [*common, "method=ppo", f"data.train={prompts_f}", f"rl.rewards=[{{reward_model: {out / 'rm'}}}]",
                  "rl.num_generations=1", "rl.max_new_tokens=32", "rl.max_prompt_length=128", "rl.temperature=1.0",
