@@ -113,10 +113,12 @@ def _held(a) -> list[dict]:
     return [json.loads(x) for x in test_file.read_text().splitlines()][: a.held_out]
 
 
-def _measure(a, adapter: str | None, held: list[dict]) -> dict:
+def _measure(a, adapter: str | None, held: list[dict], sampled: dict | None = None) -> dict:
+    """Greedy accuracy on `held`, pass@1 / pass@8 on its first --pass-prompts rows (`sampled`: that
+    result already measured, e.g. by --probe on the same rows with the same seeds)."""
     t0 = time.process_time()
     out = {"greedy": accuracy(a.model, adapter, held, a.eval_tokens),
-           "sampled": pass_at_k(a.model, adapter, held[: a.pass_prompts], 8, a.eval_tokens)}
+           "sampled": sampled or pass_at_k(a.model, adapter, held[: a.pass_prompts], 8, a.eval_tokens)}
     out["cpu_s"] = round(time.process_time() - t0, 1)
     return out
 
@@ -128,7 +130,9 @@ def main() -> None:
     ap.add_argument("--task", default="add", help="arith_data.TASKS: add, add2, addsub, mul")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--held-out", type=int, default=100, help="held-out prompts for greedy accuracy")
-    ap.add_argument("--pass-prompts", type=int, default=32, help="held-out prompts for pass@1 / pass@8")
+    ap.add_argument("--pass-prompts", type=int, default=24, help="held-out prompts for pass@1 / pass@8")
+    ap.add_argument("--probe-json", help="a --probe run's probe.json: the base model's pass@k on this task (same "
+                    "rows and seeds when --pass-prompts equals its --probe-prompts), not measured again")
     ap.add_argument("--eval-tokens", type=int, default=32, help="max new tokens when measuring")
     ap.add_argument("--probe", help="comma-separated tasks: measure the base model's pass@1 / pass@8 on each, no training")
     ap.add_argument("--probe-prompts", type=int, default=24)
@@ -155,7 +159,12 @@ def main() -> None:
     from tunesmith.train.run import train
 
     train_file, _ = write(Path(a.out + "-data"), a.task)
-    before = None if a.skip_before else _measure(a, None, held)
+    probed = None
+    if a.probe_json:
+        probed = json.loads(Path(a.probe_json).read_text())[a.task]
+        if probed["prompts"] != a.pass_prompts:
+            raise SystemExit(f"--probe-json measured {probed['prompts']} prompts, --pass-prompts is {a.pass_prompts}")
+    before = None if a.skip_before else _measure(a, None, held, probed)
     print("before", json.dumps(before), flush=True)
     t0 = time.process_time()
     train("examples/grpo_lora.yaml", [f"model.path={a.model}", f"data.train={train_file}", f"output_dir={a.out}",
