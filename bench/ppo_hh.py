@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--ppo", nargs="*", default=[], help="overrides of the PPO run")
     ap.add_argument("--skip-rm", action="store_true", help="reuse OUT/rm (already trained)")
     ap.add_argument("--rm-only", action="store_true", help="train and measure the reward model, no PPO")
+    ap.add_argument("--rm-train-accuracy", action="store_true", help="also score the reward model's own training pairs")
     ap.add_argument("--new-tokens", type=int, default=64, help="PPO and held-out completion length cap")
     ap.add_argument("--skip-before", action="store_true", help="do not score the held-out prompts with the base model")
     ap.add_argument("--checkpoint", help="only score the held-out prompts with this PPO checkpoints/step-N (or adapter dir)")
@@ -171,12 +172,17 @@ def main() -> None:
                      "train.micro_batch_size=8", "train.grad_accum_steps=1", f"train.max_steps={a.rm_steps}", "train.lr=3e-4",
                      f"output_dir={out / 'rm'}", *a.rm], overwrite=True)
         result["rm_train_cpu_s"] = round(time.process_time() - t0, 1)
-    rm_log = [r for r in read_metrics(out / "rm" / "metrics.jsonl") if "loss" in r]
-    result["rm_loss_first_last"] = [round(rm_log[0]["loss"], 4), round(rm_log[-1]["loss"], 4)]
-    held_res = score(out / "rm", held_f)
-    result["rm_heldout_accuracy"] = held_res["accuracy"]
-    result["rm_length_bias_heldout_pairs"] = length_bias(held_res, held_f)
-    result["rm_train_accuracy"] = score(out / "rm", train_f)["accuracy"]
+    if a.skip_rm and (out / "rm.json").is_file():  # measured when it was trained
+        result.update(json.loads((out / "rm.json").read_text()))
+    else:
+        rm_log = [r for r in read_metrics(out / "rm" / "metrics.jsonl") if "loss" in r]
+        result["rm_loss_first_last"] = [round(rm_log[0]["loss"], 4), round(rm_log[-1]["loss"], 4)]
+        if a.rm_train_accuracy:  # scoring every training pair costs as much CPU as a third of the training
+            result["rm_train_accuracy"] = score(out / "rm", train_f)["accuracy"]
+    if "rm_length_bias_heldout_pairs" not in result:
+        held_res = score(out / "rm", held_f)
+        result["rm_heldout_accuracy"] = held_res["accuracy"]
+        result["rm_length_bias_heldout_pairs"] = length_bias(held_res, held_f)
     print("reward model:", result, flush=True)
     (out / "rm.json").write_text(json.dumps(result, indent=1))
     if a.rm_only:
