@@ -151,3 +151,16 @@ def test_publish_writes_the_results_and_the_readme_block(tmp_path, monkeypatch):
     block = text[text.index("<!-- x:begin -->"):text.index("<!-- x:end -->")]
     assert "Latest run (2026-11-29 12:00:00, 1.5 min):" in block and "python bench/x.py" in block
     assert block.index("| a |") < block.index("Footer")
+
+
+def test_tunesmith_worker_gets_the_malloc_tunesmith_train_picks(monkeypatch):
+    """The bench's tunesmith worker calls train() in-process (no re-exec), so the driver gives it the
+    environment `tunesmith train` would re-exec with; a user's own allocator variables stand."""
+    from tunesmith.train import allocator
+
+    je = Path("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    monkeypatch.setattr(allocator, "find_library", lambda lib, dirs=None: je if lib.name == "jemalloc" else None)
+    env = common.tunesmith_malloc({"PATH": "/bin"})
+    assert env["LD_PRELOAD"] == str(je) and env["MALLOC_CONF"] == "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    assert common.tunesmith_malloc({"PATH": "/bin", "LD_PRELOAD": "/mine.so"}) == {"PATH": "/bin", "LD_PRELOAD": "/mine.so"}
+    assert common.tunesmith_malloc({"PATH": "/bin", allocator.CHOICE_ENV: "system"}) == {"PATH": "/bin", allocator.CHOICE_ENV: "system"}
