@@ -155,7 +155,10 @@ def test_ppo_raises_a_reward_models_score_with_bounded_kl(warm, tiny_dir, tmp_pa
     """Issue 13 6c at tiny scale: a `method: reward` model trained to prefer "blue" to the other
     colours, then PPO (LoRA policy on the warmed model) scored by it alone: the reward-model score
     rises, and the KL penalty holds the policy nearer the base (adapter disabled): the KL over the
-    last 10 steps at beta 0.5 is below that of the same run at beta 0."""
+    last 10 steps at beta 2 is below that of the same run at beta 0. (At beta 0.5 the two KLs were
+    within 15 % of each other, and a 1e-5 change in the reward model's fp32 rounding, from the packed-row
+    attention path, flipped them: 1.65 < 1.94 before, 2.15 > 1.87 after; at beta 2: 0.36 / 0.35 vs
+    1.94 / 1.87, and the reward still rises by 1.25 / 1.32.)"""
     pairs = tmp_path / "pairs.jsonl"
     rng = random.Random(1)
     pairs.write_text("".join(json.dumps({"prompt": "Name a color.", "chosen": "blue",
@@ -174,7 +177,7 @@ def test_ppo_raises_a_reward_models_score_with_bounded_kl(warm, tiny_dir, tmp_pa
         mean = lambda key, part: sum(r[key] for r in part) / len(part)  # noqa: E731
         return mean("reward", rec[:5]), mean("reward", rec[-5:]), mean("kl", rec[-10:]), [(round(r["reward"], 2), round(r["kl"], 3)) for r in rec]
 
-    first, last, kl, trace = ppo(0.5)
+    first, last, kl, trace = ppo(2.0)
     assert last > first + 1.0, str(trace)
     free = ppo(0.0)
     assert free[1] > free[0] + 1.0, str(free[3])
