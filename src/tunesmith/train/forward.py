@@ -75,11 +75,13 @@ def layout_kwargs(layout) -> dict:
 
 
 def packed_decoder_call(decoder, input_ids: torch.Tensor, position_ids: torch.Tensor,
-                        attention_mask: torch.Tensor | None = None, pair_spans: torch.Tensor | None = None) -> torch.Tensor:
+                        attention_mask: torch.Tensor | None = None, pair_spans: torch.Tensor | None = None,
+                        blocks: torch.Tensor | None = None) -> torch.Tensor:
     """decoder(...).last_hidden_state (B, T, H) for packed rows, through the cheapest attention that applies:
     per-block sdpa with no (T, T) mask on the CPU (train/segment_attention.py); else the given 4D mask
-    (DPO's shared prompt), or one additive mask shared by all layers (train/packed_mask.py)."""
-    layout = segment_layout_for(decoder, position_ids, pair_spans, attention_mask)
+    (DPO's and RL's shared prompts; `pair_spans` / `blocks` describe it for the CPU path), or one
+    additive mask shared by all layers (train/packed_mask.py)."""
+    layout = segment_layout_for(decoder, position_ids, pair_spans, attention_mask, blocks)
     if layout is not None:
         with segment_attention(decoder, layout):
             return decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=None, use_cache=False,

@@ -70,18 +70,31 @@ class SegmentLayout:
         return cls(rows, T)
 
     @classmethod
+    def from_blocks(cls, blocks: torch.Tensor, n_rows: int, T: int) -> "SegmentLayout":
+        """Explicit blocks (n, 5) = (row, start, end, prefix_start, prefix_end), as a collator writes them
+        (RL groups: [prompt | c1] causal, each later completion a branch of the prompt); what they leave
+        uncovered between or after them (padding) becomes causal blocks of its own."""
+        rows: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_rows)]
+        for row, s, e, p0, p1 in sorted(blocks.tolist()):
+            if e <= s:
+                continue  # an empty completion or response is no block (not an error)
+            end = rows[row][-1][1] if rows[row] else 0
+            if s > end:
+                rows[row].append((end, s, end, end))
+            rows[row].append((s, e, p0, p1))
+        for blocks_ in rows:
+            end = blocks_[-1][1] if blocks_ else 0
+            if end < T:
+                blocks_.append((end, T, end, end))
+        return cls(rows, T)
+
+    @classmethod
     def from_pair_spans(cls, spans: torch.Tensor, n_rows: int, T: int) -> "SegmentLayout":
         """DPO shared-prompt rows: spans (n_pairs, 5) = (row, offset, P, C, R) as written by
-        `pack_shared_prompt`; the padding after a row's last pair is one causal block of its own."""
-        rows: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n_rows)]
-        for row, o, P, C, R in sorted(spans.tolist()):
-            # An empty response (none is written today) would be an empty block: left out, not an error.
-            rows[row] += [b for b in ((o, o + P + C, o, o), (o + P + C, o + P + C + R, o, o + P)) if b[1] > b[0]]
-        for blocks in rows:
-            end = blocks[-1][1] if blocks else 0
-            if end < T:
-                blocks.append((end, T, end, end))
-        return cls(rows, T)
+        `pack_shared_prompt`: [prompt | chosen] causal, rejected a branch of the prompt."""
+        blocks = [(row, o, o + P + C, o, o) for row, o, P, C, R in spans.tolist()]
+        blocks += [(row, o + P + C, o + P + C + R, o, o + P) for row, o, P, C, R in spans.tolist()]
+        return cls.from_blocks(torch.tensor(blocks, dtype=torch.long).view(-1, 5), n_rows, T)
 
     def branch_mask(self, P: int, n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """(n, P + n) additive: every prefix key, and the block's own keys up to the query (causal
@@ -182,26 +195,33 @@ def _checkpointed(decoder) -> list:
     return [m for m in decoder.modules() if getattr(m, "gradient_checkpointing", False) is True]
 
 
-def segment_layout_for(decoder, position_ids: torch.Tensor | None, pair_spans: torch.Tensor | None = None,
-                       attention_mask: torch.Tensor | None = None) -> SegmentLayout | None:
-    """The layout to pass as `segment_layout=` to `decoder`, or None for today's path: only sdpa on
-    the CPU, only for rows that hold more than one block, only for plain causal attention (no
-    sliding window, no soft-capping), and under gradient checkpointing only with CHECKPOINT_KWARGS.
-    A caller's own `attention_mask` is used as it is unless `pair_spans` describes it."""
+def applies(decoder, device_type: str) -> bool:
+    """Whether `decoder`'s attention can take a segment layout on this device: sdpa on the CPU, plain
+    causal attention (no sliding window, no soft-capping), and under gradient checkpointing only with
+    CHECKPOINT_KWARGS (which re-enters the switch for the recomputation)."""
     cfg = getattr(decoder, "config", None)
-    if attention_mask is not None and pair_spans is None:
-        return None
-    if position_ids is None or position_ids.dim() != 2 or position_ids.device.type != "cpu" \
-            or getattr(cfg, "_attn_implementation", None) != "sdpa":
-        return None
+    if device_type != "cpu" or getattr(cfg, "_attn_implementation", None) != "sdpa":
+        return False
     sliding = getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True)
     if sliding or "sliding_attention" in (getattr(cfg, "layer_types", None) or []) \
             or getattr(cfg, "attn_logit_softcapping", None):
+        return False
+    return all(getattr(getattr(m, "_gradient_checkpointing_func", None), "keywords", {}).get("context_fn")
+               is checkpoint_contexts for m in _checkpointed(decoder))
+
+
+def segment_layout_for(decoder, position_ids: torch.Tensor | None, pair_spans: torch.Tensor | None = None,
+                       attention_mask: torch.Tensor | None = None, blocks: torch.Tensor | None = None) -> SegmentLayout | None:
+    """The layout to pass as `segment_layout=` to `decoder`, or None for today's path (see `applies`),
+    and for rows that hold one sequence each. A caller's own `attention_mask` is used as it is unless
+    `pair_spans` (DPO) or `blocks` (RL groups) describes it."""
+    if attention_mask is not None and pair_spans is None and blocks is None:
         return None
-    if any(getattr(getattr(m, "_gradient_checkpointing_func", None), "keywords", {}).get("context_fn")
-           is not checkpoint_contexts for m in _checkpointed(decoder)):
+    if position_ids is None or position_ids.dim() != 2 or not applies(decoder, position_ids.device.type):
         return None
     B, T = position_ids.shape
+    if blocks is not None:
+        return SegmentLayout.from_blocks(blocks, B, T)
     if pair_spans is not None:
         return SegmentLayout.from_pair_spans(pair_spans, B, T)
     if T < 2 or not bool((segment_ids(position_ids)[:, -1] != 0).any()):

@@ -9,9 +9,12 @@ reports as metrics (reward, each function's value, length, truncation, entropy).
 the same prompt ids) out as one block [prompt | completion 1 | ... | completion G]: each completion's
 positions restart where the prompt ends and a 4D attention mask lets it see the prompt and itself,
 never its siblings, so the prompt goes through the forward (and the backward) once per group instead
-of G times; the math is that of G separate rows (tests/unit/test_rl_batch.py). A group is split
-into separate rows instead when that is cheaper: its block's attention (T^2, a dense mask) against
-the prompt tokens saved (`_share_prompt`), and always with flash-attention-2, which takes no 4D
+of G times; the math is that of G separate rows (tests/unit/test_rl_batch.py). `segment_blocks`
+describes the same layout as (row, start, end, prefix_start, prefix_end) blocks ([prompt | c1] causal,
+each later completion a branch of the prompt), which the CPU's segment attention runs without the
+mask (train/segment_attention.py; `mask_free=True`): then sharing always pays. Where the dense mask
+is what runs, a group is split into separate rows when that is cheaper: its block's attention (T^2)
+against the prompt tokens saved (`_share_prompt`); and always with flash-attention-2, which takes no 4D
 mask (it would read the restarting positions as one sequence). Blocks are right-padded (padding attends to itself only;
 without any shared block there is no mask at all: padding then sits after every real token, which
 the causal mask already hides). `src` lists the hidden row (flat index into the (rows, T) block
@@ -58,7 +61,7 @@ def _share_prompt(prompt_len: int, completion_lens: list[int]) -> bool:
     return cost(prompt_len + sum(completion_lens)) < sum(cost(prompt_len + n) for n in completion_lens)
 
 
-def _blocks(rows: list[Sample], share_prompts: bool) -> list[list[int]]:
+def _blocks(rows: list[Sample], share_prompts: bool, mask_free: bool = False) -> list[list[int]]:
     """Runs of consecutive rows with the same prompt, one block each where sharing it pays."""
     runs: list[list[int]] = []
     for i, r in enumerate(rows):
@@ -68,15 +71,19 @@ def _blocks(rows: list[Sample], share_prompts: bool) -> list[list[int]]:
             runs.append([i])
     out = []
     for run in runs:
-        share = len(run) > 1 and _share_prompt(len(rows[run[0]].prompt_ids), [len(rows[i].completion_ids) for i in run])
+        share = len(run) > 1 and (mask_free or _share_prompt(len(rows[run[0]].prompt_ids),
+                                                            [len(rows[i].completion_ids) for i in run]))
         out += [run] if share else [[i] for i in run]
     return out
 
 
-def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True) -> dict[str, torch.Tensor]:
-    """`share_prompts=False`: one row per completion (attention kernels that cannot take a 4D mask)."""
+def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True,
+                    mask_free: bool = False) -> dict[str, torch.Tensor]:
+    """`share_prompts=False`: one row per completion (attention kernels that cannot take a 4D mask).
+    `mask_free=True`: the forward will run the blocks without the mask (segment attention), so every
+    group shares its prompt."""
     B = len(rows)
-    blocks = _blocks(rows, share_prompts)
+    blocks = _blocks(rows, share_prompts, mask_free)
     lengths = [len(rows[b[0]].prompt_ids) + sum(len(rows[i].completion_ids) for i in b) for b in blocks]
     T = max(lengths)
     C = max(max(len(r.completion_ids) for r in rows), 1)
@@ -87,6 +94,7 @@ def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True)
     mask = torch.zeros((B, C), dtype=torch.bool)
     src: list[list[int]] = [[] for _ in rows]
     tgt: list[list[int]] = [[] for _ in rows]
+    seg_blocks: list[tuple[int, int, int, int, int]] = []
     for row, block in enumerate(blocks):
         prompt = rows[block[0]].prompt_ids
         P = len(prompt)
@@ -103,6 +111,8 @@ def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True)
                 attn[row, o : o + n, :P] = True
                 attn[row, o : o + n, o : o + n] = torch.ones(n, n, dtype=torch.bool).tril()
             mask[i, :n] = True
+            # [prompt | first completion] is one causal block; later ones see the prompt, then themselves.
+            seg_blocks.append((row, 0, o + n, 0, 0) if o == P else (row, o, o + n, 0, P))
             # Token 0 is predicted from the prompt's last position, token k > 0 from the one before it.
             src[i] = [row * T + P - 1] + [row * T + o + k for k in range(n - 1)] if n else []
             tgt[i] = comp
@@ -122,6 +132,7 @@ def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True)
            "kl_rollout": torch.tensor([r.kl for r in rows], dtype=torch.float32)}
     if attn is not None:
         out["attention_mask"] = attn[:, None]  # (rows, 1, T, T), True = may attend
+        out["segment_blocks"] = torch.tensor(seg_blocks, dtype=torch.long).view(-1, 5)
     for name in rows[0].rewards:
         out[f"rewards/{name}"] = torch.tensor([r.rewards[name] for r in rows], dtype=torch.float32)
     for name in PER_TOKEN:

@@ -48,7 +48,8 @@ class GRPOObjective(OnlineRLObjective):
     def step(self, model, batch: dict):
         mask = batch["mask"]
         flat, entropy = model(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"], entropy=True,
-                              attention_mask=batch.get("attention_mask"))
+                              attention_mask=batch.get("attention_mask"),
+                              segment_blocks=batch.get("segment_blocks"))
         logps = unflatten(flat, mask)
         old = batch["old_logps"] if self.reuse() > 1 else logps.detach()
         per_token, clipped = clipped_surrogate(logps, old, batch["advantage"][:, None].to(logps.dtype),

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ...train import segment_attention
+from ...train.forward import base_causal_lm
 from ..base import Objective, SetupContext
 from ..reference import adapter_disabled, inner
 from .batch import Sample, collate_samples, unflatten
@@ -61,11 +63,18 @@ class OnlineRLObjective(Objective):
         return self.rl.beta > 0
 
     def collate(self, rows, pad_id: int) -> dict:
-        return collate_samples(rows, pad_id, self.share_prompts())
+        return collate_samples(rows, pad_id, self.share_prompts(), self.mask_free())
 
     def share_prompts(self) -> bool:
         """A group's prompt once in the forward (batch.py) needs a 4D mask, which flash-attention-2 cannot take."""
         return self.cfg.model.attn_implementation != "flash_attention_2"
+
+    def mask_free(self) -> bool:
+        """Whether the policy's forward runs shared-prompt blocks without the 4D mask (CPU segment attention)."""
+        ctx = getattr(self, "ctx", None)
+        if ctx is None:
+            return False
+        return segment_attention.applies(base_causal_lm(inner(ctx.wrapper).model).get_decoder(), torch.device(ctx.device).type)
 
     def rollout(self, policy, micro_batches, step):
         start = step - step % self.reuse()
@@ -138,7 +147,8 @@ class OnlineRLObjective(Objective):
         try:
             for s in range(0, len(samples), n):
                 rows = samples[s : s + n]
-                batch = {k: v.to(self.ctx.device) for k, v in collate_samples(rows, self.ctx.pad_id, self.share_prompts()).items()}
+                batch = {k: v.to(self.ctx.device) for k, v in collate_samples(rows, self.ctx.pad_id, self.share_prompts(),
+                                                                               self.mask_free()).items()}
                 with self.ctx.autocast():
                     logps, ent, values = score_tokens(policy, batch) if need_policy else (None, None, None)
                     ref = self._ref_logps(policy, batch) if need_ref else None

@@ -13,14 +13,15 @@ import torch
 from torch import Tensor, nn
 
 from ...train import losses
-from ...train.forward import base_causal_lm
+from ...train.forward import base_causal_lm, packed_decoder_call
 from ..logps import fused_linear_token_logps
 
 
-def _hidden(model, input_ids: Tensor, position_ids: Tensor, src: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-    base = base_causal_lm(model)
-    out = base.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=False)
-    return out.last_hidden_state.flatten(0, 1).index_select(0, src)  # (N, H)
+def _hidden(model, input_ids: Tensor, position_ids: Tensor, src: Tensor, attention_mask: Tensor | None = None,
+            segment_blocks: Tensor | None = None) -> Tensor:
+    decoder = base_causal_lm(model).get_decoder()
+    hidden = packed_decoder_call(decoder, input_ids, position_ids, attention_mask, blocks=segment_blocks)
+    return hidden.flatten(0, 1).index_select(0, src)  # (N, H)
 
 
 def _head_logps(model, hidden: Tensor, tgt: Tensor, temperature: float, chunk_size: int,
@@ -40,7 +41,8 @@ class CompletionLogps(nn.Module):
     """(input_ids, position_ids, src, tgt) -> (N,) log-probs of the completion tokens; with a value
     head, also (N,) values of the states before each completion token (PPO). `entropy=True` adds the
     (N,) entropies of the sampling distribution (no gradient), computed from the same chunked logits.
-    `attention_mask`: the (rows, 1, T, T) mask of shared-prompt blocks (batch.py), when there are any."""
+    `attention_mask`: the (rows, 1, T, T) mask of shared-prompt blocks (batch.py), when there are any, and
+    `segment_blocks` the same layout for the CPU's mask-free attention."""
 
     def __init__(self, model: nn.Module, chunk_size: int, temperature: float, value_head: bool = False):
         super().__init__()
@@ -56,8 +58,8 @@ class CompletionLogps(nn.Module):
             self.value_head = None
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, src: Tensor, tgt: Tensor, entropy: bool = False,
-                attention_mask: Tensor | None = None):
-        hidden = _hidden(self.model, input_ids, position_ids, src, attention_mask)
+                attention_mask: Tensor | None = None, segment_blocks: Tensor | None = None):
+        hidden = _hidden(self.model, input_ids, position_ids, src, attention_mask, segment_blocks)
         ent = torch.empty(len(tgt), dtype=torch.float32, device=hidden.device) if entropy else None
         logps = _head_logps(self.model, hidden, tgt, self.temperature, self.chunk_size, ent)
         out = (logps,) if self.value_head is None else (logps, self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float())
@@ -70,7 +72,8 @@ class CompletionLogps(nn.Module):
 def score_tokens(wrapper: CompletionLogps, batch: dict) -> tuple[Tensor, Tensor, Tensor | None]:
     """No-grad (N,) log-probs, (N,) entropies of the sampling distribution and (N,) values (or None)."""
     model, T = wrapper.model, wrapper.temperature
-    hidden = _hidden(model, batch["input_ids"], batch["position_ids"], batch["src"], batch.get("attention_mask"))
+    hidden = _hidden(model, batch["input_ids"], batch["position_ids"], batch["src"], batch.get("attention_mask"),
+                     batch.get("segment_blocks"))
     head = base_causal_lm(model).get_output_embeddings()
     tgt = batch["tgt"]
     rows = max(1, min(wrapper.chunk_size, losses.CHUNK_ELEMENTS // head.weight.shape[0]))

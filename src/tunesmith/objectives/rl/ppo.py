@@ -99,7 +99,8 @@ class PPOObjective(OnlineRLObjective):
     def step(self, model, batch: dict):
         mask = batch["mask"]
         flat_logps, flat_values = model(batch["input_ids"], batch["position_ids"], batch["src"], batch["tgt"],
-                                         attention_mask=batch.get("attention_mask"))
+                                         attention_mask=batch.get("attention_mask"),
+                                         segment_blocks=batch.get("segment_blocks"))
         logps, values = unflatten(flat_logps, mask), unflatten(flat_values, mask)
         old = batch["old_logps"] if self.reuse() > 1 else logps.detach()
         pg, clipped = clipped_surrogate(logps, old, batch["advantages"], self.rl.epsilon, self.rl.clip_high())
