@@ -32,6 +32,10 @@ def test_a_group_is_one_block_with_its_prompt_once():
     assert b["attention_mask"][1, 0, 5].tolist() == [False] * 5 + [True]  # padding sees itself only
     # The same layout as blocks for the CPU's mask-free attention: [prompt | c1] causal, c2 a branch of the prompt.
     assert b["segment_blocks"].tolist() == [[0, 0, 5, 0, 0], [0, 5, 6, 0, 3], [1, 0, 5, 0, 0]]
+    # An empty first completion leaves the prompt as the causal block; the next one still branches off it.
+    e = collate_samples([Sample([1, 2, 3], [], True), Sample([1, 2, 3], [6, 7], False)], pad_id=0)
+    assert e["segment_blocks"].tolist() == [[0, 0, 3, 0, 0], [0, 3, 5, 0, 3]]
+    assert segment_attention.SegmentLayout.from_blocks(e["segment_blocks"], 1, 6).rows == [[(0, 3, 0, 0), (3, 5, 0, 3), (5, 6, 5, 5)]]
 
 
 def test_no_sharing_gives_plain_rows_without_a_mask():

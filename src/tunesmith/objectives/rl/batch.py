@@ -102,7 +102,7 @@ def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True,
         if attn is not None:
             attn[row, :P, :P] = torch.ones(P, P, dtype=torch.bool).tril()
         o = P
-        for i in block:
+        for k, i in enumerate(block):
             comp = rows[i].completion_ids
             n = len(comp)
             ids[row, o : o + n] = torch.tensor(comp, dtype=torch.long)
@@ -112,7 +112,7 @@ def collate_samples(rows: list[Sample], pad_id: int, share_prompts: bool = True,
                 attn[row, o : o + n, o : o + n] = torch.ones(n, n, dtype=torch.bool).tril()
             mask[i, :n] = True
             # [prompt | first completion] is one causal block; later ones see the prompt, then themselves.
-            seg_blocks.append((row, 0, o + n, 0, 0) if o == P else (row, o, o + n, 0, P))
+            seg_blocks.append((row, 0, o + n, 0, 0) if k == 0 else (row, o, o + n, 0, P))
             # Token 0 is predicted from the prompt's last position, token k > 0 from the one before it.
             src[i] = [row * T + P - 1] + [row * T + o + k for k in range(n - 1)] if n else []
             tgt[i] = comp
