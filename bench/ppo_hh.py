@@ -1,14 +1,17 @@
 """PPO with a reward model on Anthropic HH-RLHF (issue 13, 6c): a `method: reward` run on short
-single-turn harmless-base pairs, its accuracy on held-out pairs, then `method: ppo` with a LoRA
-policy on other HH prompts scored by that reward model; the score and KL by step.
+single-turn harmless-base pairs, its accuracy and length bias on held-out pairs, then `method: ppo`
+with a LoRA policy on other HH prompts scored by that reward model: the score, KL, length and
+truncation by step, and the honest measure, held-out prompts scored before and after.
 
     python bench/ppo_hh.py --model DIR --out OUT [--rm-pairs 256] [--rm-steps 32] [--ppo-steps 24]
-        [--rm KEY=VALUE ...] [--ppo KEY=VALUE ...]
+        [--new-tokens 64] [--rm-only | --skip-rm] [--skip-before] [--rm KEY=VALUE ...] [--ppo KEY=VALUE ...]
+    python bench/ppo_hh.py --model DIR --out OUT --checkpoint OUT/ppo/checkpoints/step-N
 
-DIR: a transformers directory of the model (SmolLM2-135M-Instruct, or the tiny test model). Rows:
+DIR: a transformers directory of the model (SmolLM2-135M-Instruct, or the tiny test model). Pairs:
 single-turn transcripts whose chosen and rejected are each under 500 characters and differ; the
-first `--rm-pairs` train the reward model, the next 100 are held out, the rest give PPO prompts.
-Writes OUT/bench.json with everything reported.
+first `--rm-pairs` train the reward model, the next 100 are held out. PPO prompts: first human
+turns of all other transcripts, the first 64 held out (scored before and after), the next
+`--prompts` trained on. Writes OUT/rm.json and OUT/bench.json with everything reported.
 """
 
 from __future__ import annotations
