@@ -1,7 +1,6 @@
 """Shared-prompt collation of online-RL groups (objectives/rl/batch.py): the block layout by hand,
 and the same log-probs and gradients as one row per completion on the tiny model."""
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM
 

@@ -3,7 +3,6 @@ the pickers' bounded scan, the source cache, and the serve options of `tunesmith
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 

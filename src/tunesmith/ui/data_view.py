@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import DataConfig
-from ..errors import DataError, UserError
+from ..errors import UserError
 
 PAGE_MAX = 50
 HISTOGRAM_EXAMPLES = 2000

@@ -94,7 +94,6 @@ def sample(model, prompts: list[list[int]], *, tokenizer, eos_ids: list[int], pa
            batch_size: int = 0, return_logps: bool = False) -> list[Completion]:
     """One completion per prompt (repeat a prompt for a group), in prompt order. Prompt i is row
     `first_row + i` of the step's global batch: its generator seed is step_seed(seed, step, that row)."""
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out: list[Completion] = []
