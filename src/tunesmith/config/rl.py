@@ -23,6 +23,13 @@ class RLConfig(BaseModel):
     temperature: float = Field(1.0, gt=0.0, description="Sampling temperature; the training log-probs use the same temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling.")
     stop: list[str] = Field(default_factory=list, description="Stop strings besides EOS: a completion ends after the first one.")
+    generator: Literal["hf", "vllm"] = Field("hf", description=(
+        "Who samples the completions: hf (the built-in batched sampler, any device) or vllm (a vLLM engine colocated "
+        "on the GPU, the LoRA adapter handed over each step, not merged; needs `pip install vllm`, CUDA and "
+        "adapter.type: lora). Seeded per completion in both, but the two samplers draw different tokens."))
+    vllm_gpu_memory: float = Field(0.3, gt=0.0, lt=1.0, description=(
+        "rl.generator: vllm: the fraction of the GPU's memory vLLM takes (its weights and KV cache); training "
+        "gets the rest."))
     rewards: list[Any] = Field(default_factory=lambda: ["gsm8k"], description=(
         "Reward functions: built-in names (gsm8k, regex, json_schema, length), `module:function` "
         "(f(prompts, completions, **columns) -> list[float]; module path relative to the working dir or importable), "
@@ -108,6 +115,7 @@ def check_rl(cfg) -> None:
         key = "rl.ppo_epochs" if cfg.method == "ppo" else "rl.num_iterations"
         raise ValueError(f"`train.save_every` ({cfg.train.save_every}) must be a multiple of `{key}` ({reuse}): a checkpoint "
                          "inside a reused generation batch could not be resumed exactly")
+    _check_generator(cfg, rl_set)
     if cfg.method in ("grpo", "rloo") and cfg.rl.num_generations < 2:
         raise ValueError(f"`method: {cfg.method}` compares completions within a group: `rl.num_generations` must be >= 2")
     if cfg.method == "ppo":
@@ -116,3 +124,21 @@ def check_rl(cfg) -> None:
                              "(or any reward list)")
     elif cfg.rl.kl_target is not None:
         raise ValueError("`rl.kl_target` (adaptive KL) is for `method: ppo`; GRPO/RLOO use a fixed `rl.beta`")
+
+
+def _check_generator(cfg, rl_set: dict) -> None:
+    """`rl.generator: vllm` hands vLLM the base model directory and the adapter as a LoRA adapter:
+    what vLLM's LoRA cannot hold, or a base that differs from `model.path`, is refused here."""
+    if cfg.rl.generator != "vllm":
+        if "vllm_gpu_memory" in rl_set:
+            raise ValueError("`rl.vllm_gpu_memory` applies to `rl.generator: vllm`; remove it or set the generator")
+        return
+    if cfg.adapter.type != "lora":
+        raise ValueError(f"`rl.generator: vllm` hands the policy to vLLM as a LoRA adapter (not merged), so it needs "
+                         f"`adapter.type: lora`, not {cfg.adapter.type}; use adapter.type: lora or `rl.generator: hf`")
+    if cfg.adapter.modules_to_save:
+        raise ValueError("`rl.generator: vllm`: vLLM's LoRA cannot load `adapter.modules_to_save` (modules trained in "
+                         "full); remove them or use `rl.generator: hf`")
+    if cfg.adapter.init in ("pissa", "olora"):
+        raise ValueError(f"`rl.generator: vllm` loads the base from `model.path`, but `adapter.init: {cfg.adapter.init}` "
+                         "rewrites the base weights; use init: default/gaussian or `rl.generator: hf`")

@@ -37,6 +37,7 @@ class OnlineRLObjective(Objective):
         self.rl = cfg.rl
         self._cache: tuple[int, list] | None = None
         self.frozen_ref = None
+        self.vllm = None
 
     # --- hooks -------------------------------------------------------------------------------------
 
@@ -58,6 +59,10 @@ class OnlineRLObjective(Objective):
         self.has_adapter = adapter_disabled(ctx.wrapper) is not None
         if not self.has_adapter and self.needs_reference():
             self.frozen_ref = copy.deepcopy(inner(ctx.wrapper)).eval().requires_grad_(False)
+        if self.rl.generator == "vllm":
+            from .rollout.vllm_generator import VLLMGenerator
+
+            self.vllm = VLLMGenerator(self.cfg, ctx, self.eos_ids)
 
     def needs_reference(self) -> bool:
         return self.rl.beta > 0
@@ -103,10 +108,13 @@ class OnlineRLObjective(Objective):
     def _generate(self, policy, micro_batches, step) -> list[list[Sample]]:
         G, ctx = self.rl.num_generations, self.ctx
         prompts = [row for mb in micro_batches for row in mb for _ in range(G)]
-        done = sample(policy.model, [p.ids for p in prompts], tokenizer=ctx.tokenizer, eos_ids=self.eos_ids,
-                      pad_id=ctx.pad_id, max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
-                      top_p=self.rl.top_p, stop=self.rl.stop, seed=self.cfg.train.seed, step=step,
-                      first_row=ctx.process_index * len(prompts))
+        first_row = ctx.process_index * len(prompts)
+        if self.vllm is not None:
+            done = self.vllm.sample(policy, [p.ids for p in prompts], step=step, first_row=first_row)
+        else:
+            done = sample(policy.model, [p.ids for p in prompts], tokenizer=ctx.tokenizer, eos_ids=self.eos_ids,
+                          pad_id=ctx.pad_id, max_new_tokens=self.rl.max_new_tokens, temperature=self.rl.temperature,
+                          top_p=self.rl.top_p, stop=self.rl.stop, seed=self.cfg.train.seed, step=step, first_row=first_row)
         samples = [Sample(p.ids, c.ids, c.truncated) for p, c in zip(prompts, done)]
         texts = [ctx.tokenizer.decode(c.ids, skip_special_tokens=True) for c in done]
         self._score_tokens(policy, samples, step)
