@@ -4,7 +4,7 @@ The engine is made once at setup: vLLM's offline `LLM` on the base model directo
 as training, with `gpu_memory_utilization = rl.vllm_gpu_memory` (its weights + KV cache; the rest is
 left to training). Each rollout hands it the current policy as a LoRA adapter, never merged: the
 trainable adapter is saved (PEFT `save_pretrained`, safetensors, adapter weights only) to a
-directory of its own and passed as a `LoRARequest` with a fresh integer id, so vLLM loads the new
+directory of its own (deleted once vLLM has generated from it) and passed as a `LoRARequest` with a fresh integer id, so vLLM loads the new
 weights instead of its cached copy of an older adapter. The base weights are never touched (merging
 into them and unmerging after is the weight-sync bug peers have had: rounding drift in bf16).
 
@@ -67,9 +67,9 @@ class VLLMGenerator:
         self.LoRARequest = LoRARequest
         self.rl, self.seed, self.eos_ids = cfg.rl, cfg.train.seed, list(eos_ids)
         # Per process: 2 processes must not write each other's adapter directory.
-        self.root = Path(cfg.output_dir) / "rollout_adapters" / f"rank{ctx.process_index}"
-        shutil.rmtree(self.root, ignore_errors=True)  # a killed run's leftovers: only ever our own files
-        self.root.mkdir(parents=True)
+        self.prefix = Path(cfg.output_dir) / f"rollout_adapter.rank{ctx.process_index}"
+        for old in self.prefix.parent.glob(self.prefix.name + ".*"):  # a killed run's leftovers (our names only)
+            shutil.rmtree(old, ignore_errors=True)
         self.next_id = 0
         self.llm = self.vllm.LLM(
             model=str(cfg.model.path), tokenizer=str(cfg.model.path), dtype=_DTYPES[cfg.compute_precision()],
@@ -79,15 +79,11 @@ class VLLMGenerator:
             trust_remote_code=cfg.model.trust_remote_code)
 
     def save_adapter(self, policy) -> Path:
-        """The policy's current adapter, in a directory no earlier step used; older ones are deleted
-        (vLLM read them when their generate ran: an adapter is loaded before its requests run)."""
+        """The policy's current adapter, in a directory of this rollout's own (a fresh id each time)."""
         self.next_id += 1
-        path = self.root / f"adapter_{self.next_id}"
+        path = Path(f"{self.prefix}.{self.next_id}")
         peft_model = inner(policy).model
         peft_model.save_pretrained(str(path), safe_serialization=True)  # the adapter's weights only
-        for old in self.root.iterdir():
-            if old != path:
-                shutil.rmtree(old, ignore_errors=True)
         return path
 
     def params(self, n: int, step: int, first_row: int) -> list:
@@ -102,13 +98,17 @@ class VLLMGenerator:
         """One completion per prompt, in prompt order; prompt i is row `first_row + i` of the step."""
         path = self.save_adapter(policy)
         request = self.LoRARequest(f"policy_{self.next_id}", self.next_id, str(path))
-        outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts],
-                                 sampling_params=self.params(len(prompts), step, first_row),
-                                 lora_request=request, use_tqdm=False)
+        try:
+            outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts],
+                                     sampling_params=self.params(len(prompts), step, first_row),
+                                     lora_request=request, use_tqdm=False)
+        finally:
+            # vLLM loads an adapter before its requests run, and no later rollout asks for this id again:
+            # the files are not needed once generate returns (nothing piles up in the run directory).
+            shutil.rmtree(path, ignore_errors=True)
+        if len(outs) != len(prompts):
+            raise RuntimeError(f"vLLM returned {len(outs)} outputs for {len(prompts)} prompts")
         return [to_completion(o) for o in outs]
-
-    def close(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def to_completion(request_output) -> Completion:
