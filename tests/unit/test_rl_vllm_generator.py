@@ -188,3 +188,24 @@ def test_a_killed_runs_leftover_adapters_are_removed(tmp_path, fake_vllm, tiny_d
     (tmp_path / "adapter").mkdir()
     VLLMGenerator(_cfg(tiny_dir, tmp_path), _ctx(), [2])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "rollout_adapter.rank1.3"]
+
+
+def test_the_rollout_samples_with_vllm_when_configured(tmp_path, fake_vllm, tiny_dir, tok, policy):
+    from tunesmith.objectives.rl.data import PromptRow
+    from tunesmith.objectives.rl.grpo import GRPOObjective
+
+    cfg = _cfg(tiny_dir, tmp_path, "rl.num_generations=2", "rl.rewards=[length]", "rl.target_length=2",
+               "rl.kl_every=0", "rl.samples_every=0", "rl.max_new_tokens=3")
+    obj = GRPOObjective(cfg)
+    ctx = types.SimpleNamespace(device=torch.device("cuda"), process_index=1, tokenizer=tok, pad_id=tok.pad_token_id,
+                                wrapper=policy)
+    obj.setup(ctx)
+    assert fake_vllm.llm_kwargs  # the engine was made once, at setup
+    a, b = tok.encode("ab", add_special_tokens=False), tok.encode("abcd", add_special_tokens=False)
+    fake_vllm.outputs = [(a + [tok.eos_token_id], "stop"), (b[:3], "length")]
+    row = PromptRow([1, 4, 5], [{"role": "user", "content": "x"}])
+    (mb,) = obj.rollout(policy, [[row]], step=3)
+    (call,) = fake_vllm.calls
+    assert [p["seed"] for p in call["params"]] == [step_seed(7, 3, r) for r in (2, 3)]  # process 1: rows 2, 3
+    assert [(s.completion_ids, s.truncated) for s in mb] == [(a + [tok.eos_token_id], False), (b[:3], True)]
+    assert mb[0].reward > mb[1].reward  # the rewards scored vLLM's completions
