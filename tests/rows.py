@@ -25,3 +25,18 @@ def alpaca_rows(n: int = 64, seed: int = 0) -> list[dict]:
             picked = rng.sample(words, rng.randint(2, 8))
             rows.append({"instruction": "Sort these words.", "input": ", ".join(picked), "output": ", ".join(sorted(picked))})
     return rows
+
+
+def packed_examples(n: int = 5, seed: int = 0) -> list:
+    """`n` encoded examples of 6-29 random tokens, the first third of each unlabelled: packing tests."""
+    import torch
+
+    from tunesmith.data.encode import IGNORE_INDEX, Encoded
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        L = int(torch.randint(6, 30, (1,), generator=g))
+        ids = torch.randint(5, 500, (L,), generator=g).tolist()
+        out.append(Encoded(ids, [IGNORE_INDEX] * (L // 3) + ids[L // 3:], f"ex{i}"))
+    return out

@@ -5,21 +5,12 @@ the mask's own properties force the mask path, which stays the fallback (eager, 
 without its context_fn)."""
 
 import torch
+from rows import packed_examples
 
-from tunesmith.data.encode import IGNORE_INDEX, Encoded
+from tunesmith.data.encode import IGNORE_INDEX
 from tunesmith.data.packing import collate, pack, unpacked
 from tunesmith.train.forward import CausalLMLoss
 from tunesmith.train.packed_mask import packed_additive_mask, segment_ids
-
-
-def _examples(n=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        L = int(torch.randint(6, 30, (1,), generator=g))
-        ids = torch.randint(5, 500, (L,), generator=g).tolist()
-        out.append(Encoded(ids, [IGNORE_INDEX] * (L // 3) + ids[L // 3:], f"ex{i}"))
-    return out
 
 
 def _model(tiny_dir):
@@ -41,7 +32,7 @@ def test_mask_is_block_diagonal_causal():
 
 def test_loss_and_grads_equal_transformers_own_packed_mask(tiny_dir):
     model = _model(tiny_dir)
-    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    batch = collate(pack(packed_examples(), max_length=256), pad_id=0)
     lm = CausalLMLoss(model, chunk_size=16)
     ours = lm(**batch)
     ours.backward()
@@ -60,7 +51,7 @@ def test_loss_and_grads_equal_transformers_own_packed_mask(tiny_dir):
 def test_segments_do_not_see_each_other(tiny_dir):
     """Changing the tokens of the first segment leaves the loss of the others unchanged."""
     model = _model(tiny_dir)
-    exs = _examples(3)
+    exs = packed_examples(3)
     batch = collate(pack(exs, max_length=256), pad_id=0)
     first = int(segment_ids(batch["position_ids"])[0].eq(0).sum())
     other = dict(batch, input_ids=batch["input_ids"].clone(), labels=batch["labels"].clone())
@@ -83,7 +74,7 @@ def test_one_mask_saved_for_all_layers(tiny_dir, monkeypatch):
     was saved for backward (n_layers copies of (B, 1, T, T)); now every layer saves the same one."""
     _mask_path(monkeypatch)
     model = _model(tiny_dir)
-    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    batch = collate(pack(packed_examples(), max_length=256), pad_id=0)
     B, T = batch["input_ids"].shape
     masks = set()
 
@@ -102,7 +93,7 @@ def test_unpacked_rows_pass_no_mask(tiny_dir):
     model = _model(tiny_dir)
     from tunesmith.train.packed_mask import shared_mask_for
 
-    batch = collate(unpacked(_examples(3)), pad_id=0)
+    batch = collate(unpacked(packed_examples(3)), pad_id=0)
     assert shared_mask_for(model.model, batch["position_ids"], torch.float32) is None
 
 
@@ -116,7 +107,7 @@ def test_grouped_kv_saved_at_their_own_head_count_on_cpu(tiny_dir, monkeypatch):
     model = _model(tiny_dir)
     cfg = model.config
     assert cfg.num_key_value_heads < cfg.num_attention_heads
-    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    batch = collate(pack(packed_examples(), max_length=256), pad_id=0)
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     full_heads = set()
 
@@ -139,7 +130,7 @@ def test_packed_rows_with_gradient_checkpointing(tiny_dir):
     switch must stay off there (it raised a CheckpointError on SmolLM2), and the gradients are those
     of the run without checkpointing."""
     model = _model(tiny_dir).train()
-    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    batch = collate(pack(packed_examples(), max_length=256), pad_id=0)
     lm = CausalLMLoss(model, chunk_size=16)
     lm(**batch).backward()
     want = {n: p.grad.clone() for n, p in model.named_parameters()}

@@ -5,10 +5,11 @@ keep today's path, and the model is left as it was."""
 
 import pytest
 import torch
+from rows import packed_examples
 from transformers import AttentionInterface, AutoConfig, AutoModelForCausalLM
 
 import tunesmith.train.forward as forward
-from tunesmith.data.encode import IGNORE_INDEX, Encoded, resolve_chat_template
+from tunesmith.data.encode import resolve_chat_template
 from tunesmith.data.packing import collate, pack, unpacked
 from tunesmith.data.preference import PreferencePair
 from tunesmith.data.preference_encode import collate_pairs, encode_pair
@@ -22,16 +23,6 @@ A = lambda t: {"role": "assistant", "content": t}  # noqa: E731
 PAIRS = [PreferencePair([U("Add 2 and 3.")], [A("2 plus 3 is 5.")], [A("It is 7, I think.")], "t:1"),
          PreferencePair([U("Spell cat.")], [A("c-a-t")], [A("k-a-t-t")], "t:2"),
          PreferencePair([U("Hi")], [A("yes")], [A("no")], "t:3"), PreferencePair([U("Go")], [A("ok")], [A("never")], "t:4")]
-
-
-def _examples(n=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        L = int(torch.randint(6, 30, (1,), generator=g))
-        ids = torch.randint(5, 500, (L,), generator=g).tolist()
-        out.append(Encoded(ids, [IGNORE_INDEX] * (L // 3) + ids[L // 3:], f"ex{i}"))
-    return out
 
 
 def _model(tiny_dir, gqa=True, dtype=torch.float64, attn="sdpa"):
@@ -99,7 +90,7 @@ def test_packed_equals_masked_path_and_unpacked_rows(tiny_dir, gqa, calls, monke
     """fp64: the segment path gives the masked path's loss and gradients, and those of the same
     examples one per row (padded, no packing)."""
     model = _model(tiny_dir, gqa)
-    exs = _examples()
+    exs = packed_examples()
     packed = collate(pack(exs, max_length=256), pad_id=0)
     assert segment_layout_for(model.model, packed["position_ids"]) is not None
     new = _loss_and_grads(model, packed, chunk_size=16)
@@ -116,7 +107,7 @@ def test_packed_equals_masked_path_and_unpacked_rows(tiny_dir, gqa, calls, monke
 def test_plain_logits_path_uses_segments_too(tiny_dir, calls, monkeypatch):
     """chunk_size 0 (no fused head): the whole model is called, and still with the layout."""
     model = _model(tiny_dir)
-    packed = collate(pack(_examples(), max_length=256), pad_id=0)
+    packed = collate(pack(packed_examples(), max_length=256), pad_id=0)
     new = _loss_and_grads(model, packed, chunk_size=0)
     assert calls and all(calls)
     _masked_path(monkeypatch)
@@ -125,7 +116,7 @@ def test_plain_logits_path_uses_segments_too(tiny_dir, calls, monkeypatch):
 
 def test_no_row_sized_mask_and_no_repeated_kv_saved(tiny_dir):
     model = _model(tiny_dir, dtype=torch.float32)
-    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    batch = collate(pack(packed_examples(), max_length=256), pad_id=0)
     T, cfg = batch["input_ids"].shape[1], model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     saved = []
@@ -153,7 +144,7 @@ def test_gradient_checkpointing(tiny_dir, gqa, calls, monkeypatch):
     CHECKPOINT_KWARGS it re-enters the segment path (gradients equal the run without checkpointing);
     checkpointed without them, the decoder keeps the masked path."""
     model = _model(tiny_dir, gqa).train()
-    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    batch = collate(pack(packed_examples(), max_length=256), pad_id=0)
     want = _loss_and_grads(model, batch, chunk_size=16)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINT_KWARGS)
     del calls[:]
@@ -174,7 +165,7 @@ def test_lora_and_bf16_autocast(tiny_dir, monkeypatch):
     for n, p in model.named_parameters():
         if "lora_B" in n:
             p.data.normal_(0, 0.05)
-    batch = collate(pack(_examples(), max_length=256), pad_id=0)
+    batch = collate(pack(packed_examples(), max_length=256), pad_id=0)
     new = _loss_and_grads(model, batch, chunk_size=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         new_bf16 = _loss_and_grads(model, batch, chunk_size=16)
@@ -189,7 +180,7 @@ def test_lora_and_bf16_autocast(tiny_dir, monkeypatch):
 
 
 def test_fallbacks_and_model_left_as_it_was(tiny_dir):
-    pos = collate(pack(_examples(), max_length=256), pad_id=0)["position_ids"]
+    pos = collate(pack(packed_examples(), max_length=256), pad_id=0)["position_ids"]
     assert segment_layout_for(_model(tiny_dir, attn="eager").model, pos) is None
     model = _model(tiny_dir)
     assert segment_layout_for(model.model, pos) is not None
@@ -203,7 +194,7 @@ def test_fallbacks_and_model_left_as_it_was(tiny_dir):
     with pytest.raises(RuntimeError, match="boom"), segment_attention(model.model, SegmentLayout.from_position_ids(pos)):
         assert model.config._attn_implementation == ATTN_NAME
         raise RuntimeError("boom")
-    CausalLMLoss(model, chunk_size=16)(**collate(pack(_examples(), max_length=256), pad_id=0))
+    CausalLMLoss(model, chunk_size=16)(**collate(pack(packed_examples(), max_length=256), pad_id=0))
     assert model.config._attn_implementation == "sdpa"
     torch.testing.assert_close(model(input_ids=ids).logits, before, rtol=0, atol=0)
 
