@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..config import RunConfig, load_config
 from ..errors import ConfigError
-from .devices import CPU_GFLOPS, CPU_OVERHEAD, GPU_OVERHEAD, LISTED, Device, GPUS, find_device, this_cpu
+from .devices import CPU_GFLOPS, CPU_OVERHEAD, GPU_OVERHEAD, LISTED, Device, GPUS, cpu_threads, find_device, this_cpu
+from . import rl
 from .flops import flops_per_micro_batch
 from .memory import Breakdown, breakdown, trainable_count
 from .plan import Plan, plan_from_config
@@ -38,6 +39,7 @@ class Estimate:
     step_seconds: float
     run_seconds: float | None
     epoch_seconds: float | None
+    phases: dict[str, float] | None = None  # online RL: seconds per step of generation, scoring, training
 
     @property
     def peak_bytes(self) -> int:
@@ -93,15 +95,22 @@ def estimate_plan(shape: ModelShape, plan: Plan, device: Device, utilisation: fl
                           "fits": b.device_bytes() <= dev.capacity if same else None}
     max_b = _max_micro_batch(shape, plan, n_adapter, targets, overhead, device.capacity)
     trainable = trainable_count(shape, plan, n_adapter)
-    fl = flops_per_micro_batch(shape, plan, trainable)
     util = utilisation if utilisation is not None else UTILISATION[device.kind]
-    step = fl["total"] * plan.grad_accum_steps / (util * device.peak_flops(plan.precision))
+    phases = None
+    if plan.rl is not None:  # online RL: a rollout and its scoring besides the training passes (rl.py)
+        weight_bytes = b.get("weights") + 4 * n_adapter  # what each decode forward reads
+        reward_shapes = [rl.reward_model_shape(r)[0] for r in plan.rl.reward_models if b.get(f"reward model {Path(r).name}")]
+        phases, fl = rl.step_time(shape, plan, trainable, device, util, weight_bytes, reward_shapes)
+        step = sum(phases.values())
+    else:
+        fl = flops_per_micro_batch(shape, plan, trainable)
+        step = fl["total"] * plan.grad_accum_steps / (util * device.peak_flops(plan.precision))
     run = step * plan.max_steps if plan.max_steps else None
     epoch = None
     if plan.dataset_rows:
         rows_per_step = plan.micro_batch_size * plan.grad_accum_steps * plan.gpus
         epoch = step * max(1, plan.dataset_rows // rows_per_step)
-    return Estimate(shape, plan, device, b, n_adapter, formula, fits, max_b, fl, util, step, run, epoch)
+    return Estimate(shape, plan, device, b, n_adapter, formula, fits, max_b, fl, util, step, run, epoch, phases)
 
 
 def _fill_fits(est: Estimate, cfg: RunConfig, shape: ModelShape, kwargs: dict) -> None:
@@ -124,18 +133,26 @@ def _fill_fits(est: Estimate, cfg: RunConfig, shape: ModelShape, kwargs: dict) -
 
 def estimate(config: str | Path | RunConfig | None = None, overrides: list[str] | None = None, *, device: str = "cpu",
              gpus: int = 1, sharding: str | None = None, offload: str = "none", generation_tokens: int = 0,
-             dataset_rows: int = 0, utilisation: float | None = None, cpu_gflops: float = CPU_GFLOPS) -> Estimate:
-    """Estimate a `tunesmith train` run of `config` (+ dotted overrides) on `device` × `gpus`."""
+             dataset_rows: int = 0, utilisation: float | None = None, cpu_gflops: float = CPU_GFLOPS,
+             prompt_tokens: int | None = None) -> Estimate:
+    """Estimate a `tunesmith train` run of `config` (+ dotted overrides) on `device` × `gpus`. Online RL:
+    `generation_tokens` is the expected completion length, `prompt_tokens` the prompt length (default:
+    read from the data)."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         raise ConfigError("give overrides with a config path, not with a RunConfig object")
-    dev = find_device(device, cpu_gflops)
+    dev = find_device(device, cpu_gflops, cpu_threads())
     if dev.kind == "cpu" and gpus > 1:
         raise ConfigError("--gpus > 1 needs a GPU --device (e.g. --device A100-80GB --gpus 4)")
     if utilisation is not None and not 0 < utilisation <= 1:
         raise ConfigError(f"--utilisation {utilisation}: must be in (0, 1]")
-    kwargs = dict(gpus=gpus, sharding=sharding, offload=offload, generation_tokens=generation_tokens, dataset_rows=dataset_rows)
+    if prompt_tokens is not None and prompt_tokens < 1:
+        raise ConfigError(f"--prompt-tokens {prompt_tokens}: must be >= 1")
+    kwargs = dict(gpus=gpus, sharding=sharding, offload=offload, generation_tokens=generation_tokens, dataset_rows=dataset_rows,
+                  prompt_tokens=None if prompt_tokens is None else (prompt_tokens, prompt_tokens))
     plan = plan_from_config(cfg, target=dev.kind, **kwargs)
+    if plan.rl is not None:  # the other device kind's fits row reuses the prompts read once
+        kwargs["prompt_tokens"] = (plan.rl.prompt_tokens, plan.rl.prompt_tokens_max)
     shape = model_shape(cfg.model.path, cfg.model.trust_remote_code)
     est = estimate_plan(shape, plan, dev, utilisation)
     _fill_fits(est, cfg, shape, kwargs)

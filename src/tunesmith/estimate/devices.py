@@ -49,14 +49,28 @@ GPUS = {
 LISTED = ("RTX4090-24GB", "A100-40GB", "L40S-48GB", "A100-80GB", "H100-80GB", "H200-141GB")
 
 
-def this_cpu(gflops: float = CPU_GFLOPS) -> Device:
+def cpu_threads() -> int:
+    """The intra-op threads torch uses here (OMP_NUM_THREADS / torch.set_num_threads), as a run started
+    from this environment would."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def this_cpu(gflops: float = CPU_GFLOPS, threads: int | None = None) -> Device:
+    """This machine. `gflops` is the bound of all its cores; a run on fewer `threads` (OMP_NUM_THREADS=1,
+    as the RL benches run) gets that share of it."""
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is not None and 0 < threads < cores:
+        gflops = gflops * threads / cores
+        return Device(f"this-cpu ({threads} of {cores} cores)", "cpu", ram, gflops / 1e3, gflops / 1e3)
     return Device("this-cpu", "cpu", ram, gflops / 1e3, gflops / 1e3)
 
 
-def find_device(name: str, cpu_gflops: float = CPU_GFLOPS) -> Device:
+def find_device(name: str, cpu_gflops: float = CPU_GFLOPS, cpu_threads: int | None = None) -> Device:
     if name.lower() in ("cpu", "this-cpu"):
-        return this_cpu(cpu_gflops)
+        return this_cpu(cpu_gflops, cpu_threads)
     key = {k.lower(): k for k in GPUS}.get(name.lower())
     if key is None:
         # Accept a prefix such as "A100" or "h100" when it names one class.

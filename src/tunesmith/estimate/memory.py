@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..train.losses import CHUNK_ELEMENTS
+from . import rl
 from .activations import DTYPE_BYTES, ActivationSpec, activation_bytes
 from .plan import PY_BYTES_PER_FILE_BYTE, Plan
 from .shapes import ModelShape
@@ -46,7 +47,7 @@ class Term:
     name: str
     bytes: int
     detail: str
-    kind: str = "persistent"  # persistent | activations | transient | forward | backward | cpu (offloaded to host RAM)
+    kind: str = "persistent"  # persistent | activations | transient | forward | backward | generation (RL decode) | cpu (host RAM)
 
 
 @dataclass
@@ -59,10 +60,15 @@ class Breakdown:
     def device_bytes(self) -> int:
         """The peak: everything alive throughout, plus the larger of what lives only in the forward
         (autocast's weight copies) and what lives only in the backward (gradients, when they are set
-        to None after every step, i.e. without gradient accumulation)."""
-        always = sum(t.bytes for t in self.terms if t.kind not in ("cpu", "forward", "backward"))
+        to None after every step, i.e. without gradient accumulation). Online RL's generation phase
+        (KV cache, sampler) ends before the training forward starts: the peak is the larger phase
+        over the persistent terms."""
+        always = sum(t.bytes for t in self.terms if t.kind not in ("cpu", "forward", "backward", "generation"))
         phase = lambda k: sum(t.bytes for t in self.terms if t.kind == k)  # noqa: E731
-        return always + max(phase("forward"), phase("backward"))
+        training = always + max(phase("forward"), phase("backward"))
+        if not phase("generation"):
+            return training
+        return max(training, phase("persistent") + phase("generation"))
 
     def cpu_bytes(self) -> int:
         return sum(t.bytes for t in self.terms if t.kind == "cpu")
@@ -177,14 +183,18 @@ def breakdown(shape: ModelShape, plan: Plan, adapter_params: int, targets: list[
         b.terms[-1].kind = "cpu"
     _states(b, plan, trainable_count(shape, plan, adapter_params), shape.matmul_params)
     tokens = plan.tokens_per_micro_batch()
-    spec = ActivationSpec(tokens=tokens, rows=1 if plan.method in ("dpo", "reward") else plan.micro_batch_size,
-                          seq_len=tokens if plan.method in ("dpo", "reward") else plan.seq_len,
+    spec = ActivationSpec(tokens=tokens, rows=plan.train_rows(), seq_len=tokens if plan.method in ("dpo", "reward") else plan.seq_len,
                           dtype=plan.precision, attn=plan.attn, masked=plan.masked_attention(),
                           checkpointing=plan.checkpointing, full=plan.full, lora=lora_ranks(shape, plan, targets),
                           lora_dropout=plan.adapter.dropout if plan.adapter.type in ("lora", "dora") else 0.0)
     act = activation_bytes(shape, spec)
     b.add("activations", act["saved"], act["detail"], "activations")
-    _loss(b, shape, plan, tokens)
+    if plan.rl is not None:
+        rl.loss_term(b, shape, plan)
+        rl.generation_terms(b, shape, plan)
+        rl.reward_model_terms(b, plan.rl)
+    else:
+        _loss(b, shape, plan, tokens)
     _extras(b, shape, plan)
     if plan.data_bytes:
         b.add("data", plan.data_bytes * PY_BYTES_PER_FILE_BYTE, f"tokenized rows in Python: ~{PY_BYTES_PER_FILE_BYTE} B per byte "

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from ..config import AdapterConfig, RunConfig
 from ..errors import ConfigError
+from .rl import RL_METHODS, RLPlan, rl_plan
 
 SHARDING = ("ddp", "fsdp", "zero1", "zero2", "zero3")
 OFFLOAD = ("none", "optimizer", "all")
@@ -20,7 +21,7 @@ REF_FREE_LOSSES = ("simpo", "cpo", "orpo")  # DPO-family losses without a refere
 
 @dataclass(frozen=True)
 class Plan:
-    method: str  # sft | pretrain | reward | dpo | kto
+    method: str  # sft | pretrain | reward | dpo | kto | grpo | rloo | ppo
     adapter: AdapterConfig
     quantization: str  # none | int8 | nf4
     double_quant: bool
@@ -28,7 +29,7 @@ class Plan:
     precision: str  # compute (autocast) dtype
     optimizer: str
     micro_batch_size: int
-    seq_len: int
+    seq_len: int  # tokens of one training row (online RL: the longest prompt + its completions, rl.py)
     packing: bool
     grad_accum_steps: int
     checkpointing: bool
@@ -44,25 +45,38 @@ class Plan:
     dataset_rows: int = 0  # rows of max_length per epoch (0 = unknown)
     data_bytes: int = 0  # bytes of the training files (their tokenized rows stay in host RAM)
     allocator: str = "caching"  # GPU: torch's caching allocator; CPU: jemalloc/tcmalloc/mimalloc (preloaded), mmap (glibc pinned) or glibc
+    rl: RLPlan | None = None  # online RL: rollout shapes and passes (estimate/rl.py)
 
     @property
     def full(self) -> bool:
         return self.adapter.type == "none"
 
+    def train_rows(self) -> int:
+        """Rows of one training micro-batch: one per DPO/reward micro-batch (packed), one per online-RL
+        group when its prompt is shared (else one per completion), B otherwise."""
+        if self.rl is not None:
+            return self.micro_batch_size * (1 if self.rl.share_prompts else self.rl.generations)
+        return 1 if self.method in ("dpo", "reward") else self.micro_batch_size
+
     def tokens_per_micro_batch(self) -> int:
         """DPO/reward put prompt + chosen + rejected of each pair in one row (at most 2·T per pair);
-        KTO, SFT and pretraining: B rows of T."""
+        online RL: its group rows (the longest prompt; rl.py); KTO, SFT and pretraining: B rows of T."""
+        if self.rl is not None:
+            return self.train_rows() * self.seq_len
         per_row = 2 * self.seq_len if self.method in ("dpo", "reward") else self.seq_len
         return self.micro_batch_size * per_row
 
+    def _shared_layout(self) -> bool:
+        return self.packing or self.method in ("dpo", "reward") or (self.rl is not None and self.rl.share_prompts)
+
     def segment_attention(self) -> bool:
         """Packed rows on the CPU under sdpa: one causal attention call per example (or per DPO prompt +
-        response), no mask and no repeated k/v (train/segment_attention.py)."""
-        return (self.packing or self.method in ("dpo", "reward")) and self.target == "cpu" and self.attn == "sdpa"
+        response, or per RL completion with its prompt), no mask and no repeated k/v (train/segment_attention.py)."""
+        return self._shared_layout() and self.target == "cpu" and self.attn == "sdpa"
 
     def masked_attention(self) -> bool:
-        # Elsewhere packed rows and the shared-prompt DPO/reward layout both need an explicit mask.
-        return (self.packing or self.method in ("dpo", "reward")) and not self.segment_attention()
+        # Elsewhere packed rows and the shared-prompt DPO/reward/RL layouts all need an explicit mask.
+        return self._shared_layout() and not self.segment_attention()
 
     def with_batch(self, micro_batch_size: int) -> "Plan":
         return replace(self, micro_batch_size=micro_batch_size)
@@ -129,7 +143,11 @@ def cpu_allocator(this_process: bool = False) -> str:
         return "glibc"
 
 
-def _reference(cfg: RunConfig) -> str:
+def _reference(cfg: RunConfig, rl: RLPlan | None) -> str:
+    if rl is not None:  # online RL: full fine-tuning copies the model only when training needs the reference
+        if rl.reference_every == 0:
+            return "none"
+        return "frozen_copy" if cfg.adapter.type == "none" else "adapter_disabled"
     if cfg.method not in ("dpo", "kto") or (cfg.method == "dpo" and cfg.dpo.loss in REF_FREE_LOSSES):
         return "none"
     if cfg.dpo.precompute_ref:
@@ -139,9 +157,11 @@ def _reference(cfg: RunConfig) -> str:
 
 def plan_from_config(cfg: RunConfig, *, target: str = "cpu", gpus: int = 1, sharding: str | None = None,
                      offload: str = "none", generation_tokens: int = 0, dataset_rows: int = 0,
-                     this_process: bool = False) -> Plan:
+                     this_process: bool = False, prompt_tokens: tuple[float, int] | None = None) -> Plan:
     """Resolve `cfg` for a run on `target` ("cpu" or "gpu") over `gpus` processes (`this_process`:
-    the run's own estimate, with this process's malloc; see cpu_allocator)."""
+    the run's own estimate, with this process's malloc; see cpu_allocator). Online RL: `generation_tokens`
+    is the expected completion length (default `rl.max_new_tokens`) and `prompt_tokens` (mean, longest)
+    the prompt length (default: read from the data, rl.py); `data.max_length` plays no part."""
     if sharding is None:
         sharding = "fsdp" if cfg.train.fsdp else "ddp"
     if sharding not in SHARDING:
@@ -157,15 +177,25 @@ def plan_from_config(cfg: RunConfig, *, target: str = "cpu", gpus: int = 1, shar
     weight_dtype = cfg.model.dtype if cfg.model.dtype != "auto" else (auto if precision != "fp32" else "fp32")
     if precision == "fp16" and target == "cpu":
         raise ConfigError("`train.precision: fp16` needs a GPU; estimate with --device (a GPU class) or use bf16/fp32")
+    rl = None
+    seq_len = cfg.data.max_length
+    if cfg.method in RL_METHODS:
+        if generation_tokens < 0:
+            raise ConfigError(f"--generation-tokens {generation_tokens}: must be >= 0")
+        if generation_tokens > cfg.rl.max_new_tokens:
+            raise ConfigError(f"--generation-tokens {generation_tokens} exceeds `rl.max_new_tokens` ({cfg.rl.max_new_tokens}), "
+                              "which caps every completion; lower it or raise rl.max_new_tokens")
+        rl = rl_plan(cfg, target, prompt_tokens, generation_tokens)
+        seq_len, generation_tokens = int(round(rl.prompt_tokens_max + (rl.generations if rl.share_prompts else 1) * rl.completion_tokens)), 0
     return Plan(method=cfg.method, adapter=cfg.adapter, quantization=cfg.model.quantization,
                 double_quant=cfg.model.double_quant, weight_dtype=weight_dtype, precision=precision,
-                optimizer=cfg.train.optimizer, micro_batch_size=cfg.train.micro_batch_size, seq_len=cfg.data.max_length,
+                optimizer=cfg.train.optimizer, micro_batch_size=cfg.train.micro_batch_size, seq_len=seq_len,
                 packing=cfg.data.packing, grad_accum_steps=cfg.train.grad_accum_steps,
                 checkpointing=cfg.train.gradient_checkpointing, loss_chunk_size=cfg.train.loss_chunk_size,
-                attn=cfg.model.attn_implementation, reference=_reference(cfg), gpus=gpus, sharding=sharding,
+                attn=cfg.model.attn_implementation, reference=_reference(cfg, rl), gpus=gpus, sharding=sharding,
                 offload=offload, target=target, generation_tokens=generation_tokens, max_steps=cfg.train.max_steps,
                 dataset_rows=dataset_rows, data_bytes=data_file_bytes(cfg.data.train + cfg.data.eval),
-                allocator="caching" if target == "gpu" else cpu_allocator(this_process))
+                allocator="caching" if target == "gpu" else cpu_allocator(this_process), rl=rl)
 
 
 def shortcut_overrides(model: str | None = None, method: str | None = None, micro_batch_size: int | None = None,
