@@ -43,16 +43,18 @@ def estimate(config: str | Path | None = None, overrides: list[str] | None = Non
              method: str | None = None, micro_batch_size: int | None = None, seq_len: int | None = None,
              gradient_checkpointing: bool | None = None, packing: bool | None = None, device: str = "cpu", gpus: int = 1,
              sharding: str | None = None, offload: str = "none", generation_tokens: int = 0, dataset_rows: int = 0,
-             utilisation: float | None = None):
+             utilisation: float | None = None, prompt_tokens: int | None = None):
     """Memory breakdown, peak, fits and time of a `train` run of `config` (or of `model` + `method`
-    without one), from the model's config.json alone; returns an `Estimate` (.render(), .to_json())."""
+    without one), from the model's config.json alone; returns an `Estimate` (.render(), .to_json()).
+    Online RL: `generation_tokens` is the expected completion length, `prompt_tokens` the prompt length."""
     from .estimate import estimate as _estimate, shortcut_overrides
 
     if config and "=" in str(config) and not Path(config).exists():  # no config, only overrides
         config, overrides = None, [str(config)] + list(overrides or [])
     extra = shortcut_overrides(model, method, micro_batch_size, seq_len, gradient_checkpointing, packing)
     return _estimate(config, list(overrides or []) + extra, device=device, gpus=gpus, sharding=sharding, offload=offload,
-                     generation_tokens=generation_tokens, dataset_rows=dataset_rows, utilisation=utilisation)
+                     generation_tokens=generation_tokens, dataset_rows=dataset_rows, utilisation=utilisation,
+                     prompt_tokens=prompt_tokens)
 
 
 def export(model: str | Path, out: str | Path, format: str = "gguf", quant: str = "Q4_K_M",

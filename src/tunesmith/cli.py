@@ -69,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="processes (one per GPU)")
     p.add_argument("--sharding", choices=["ddp", "fsdp", "zero1", "zero2", "zero3"], default=None, help="default: fsdp when train.fsdp, else ddp")
     p.add_argument("--offload", choices=["none", "optimizer", "all"], default="none", help="CPU offload (DeepSpeed/FSDP style)")
-    p.add_argument("--generation-tokens", type=int, default=0, help="RL rollouts: tokens generated per row (adds the KV cache)")
+    p.add_argument("--generation-tokens", type=int, default=0, help="online RL (grpo/rloo/ppo): the expected completion length "
+                   "(default rl.max_new_tokens); other methods: tokens generated per row (adds the KV cache)")
+    p.add_argument("--prompt-tokens", type=int, default=None, help="online RL: the prompt length in tokens (default: the "
+                   "data's prompts rendered with the chat template; rl.max_prompt_length when they cannot be read)")
     p.add_argument("--rows", type=int, default=0, help="training rows (of max_length) in an epoch, for the epoch time")
     p.add_argument("--utilisation", type=float, default=None, help="fraction of peak FLOP/s assumed for time (default: CPU 0.5 calibrated on a measured run, GPU 0.40)")
     p.add_argument("--json", action="store_true", help="print JSON: peak_bytes, breakdown, fits, step_seconds, ...")
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             est = api.estimate(args.config, args.overrides, model=args.model, method=args.method, micro_batch_size=args.batch,
                                seq_len=args.seq_len, gradient_checkpointing=args.gradient_checkpointing, packing=args.packing,
                                device=args.device, gpus=args.gpus, sharding=args.sharding, offload=args.offload,
-                               generation_tokens=args.generation_tokens, dataset_rows=args.rows, utilisation=args.utilisation)
+                               generation_tokens=args.generation_tokens, dataset_rows=args.rows, utilisation=args.utilisation,
+                               prompt_tokens=args.prompt_tokens)
             print(json.dumps(est.to_json(), indent=2) if args.json else est.render())
         elif args.command == "score":
             result = api.score(args.model, args.data, out=args.out, overwrite=args.overwrite, batch_size=args.batch_size)

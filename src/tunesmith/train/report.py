@@ -167,6 +167,10 @@ def _key_numbers(s: dict, records: list[dict]) -> list[str]:
     if s.get("predicted_peak_bytes") and s.get("measured_peak_bytes"):
         rows.append(("Peak memory: estimate vs measured", f"{fmt_bytes(s['predicted_peak_bytes'])} vs "
                      f"{fmt_bytes(s['measured_peak_bytes'])} ({s['estimate_error']:+.1%}; `tunesmith estimate`)"))
+    loop_s, steps = _last(records, "elapsed_s"), s.get("steps")
+    if s.get("predicted_step_seconds") and loop_s and steps:  # the training loop's wall clock, setup excluded
+        rows.append(("Time per step: estimate vs measured", f"{s['predicted_step_seconds']:.2f} s vs {loop_s / steps:.2f} s "
+                     f"({s['predicted_step_seconds'] / (loop_s / steps) - 1:+.1%}; wall clock of the loop)"))
     dur = s.get("duration_s", _last(records, "elapsed_s"))
     if dur is not None:
         rows.append(("Time", fmt_duration(dur)))

@@ -235,7 +235,7 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
                           "(micro_batch_size x grad_accum_steps x processes); lower them or add data")
     total_steps = sampler.total_steps(cfg.train.epochs, cfg.train.max_steps)
 
-    estimate = _estimate_before_model(cfg, acc)
+    estimate = _estimate_before_model(cfg, acc, data.stats)
     model = build_model(cfg, acc.device, objective.head)
     if objective.head == "score":
         base_causal_lm(model).config.pad_token_id = pad_id
@@ -275,14 +275,14 @@ def setup(cfg: RunConfig, *, overwrite: bool, resume: bool, callbacks: list[Call
     return Run(cfg, acc, run_dir, tokenizer, objective, data, parts, state, total_steps, trainable, total, t_begin, estimate)
 
 
-def _estimate_before_model(cfg: RunConfig, acc) -> dict | None:
+def _estimate_before_model(cfg: RunConfig, acc, data_stats: dict) -> dict | None:
     """The estimator's peak for this run (estimate/check.py), said before any weight is loaded; `finish`
     puts the measured peak beside it, so every run checks the estimator. Advisory: a model the estimator
     cannot shape (an architecture it does not know) trains all the same, with the reason said."""
     from ..estimate.check import before_model
 
     try:
-        pre = before_model(cfg, acc.device, acc.num_processes)
+        pre = before_model(cfg, acc.device, acc.num_processes, data_stats)
     except Exception as e:  # noqa: BLE001 (a prediction must never stop a run)
         say(f"estimate: unavailable ({type(e).__name__}: {e})")
         return None
