@@ -1,6 +1,8 @@
 """Online RL in the estimate (estimate/rl.py): a step is a rollout (prefill + decode over a KV cache),
 no-grad scoring passes and the training forward/backward over the group rows, as objectives/rl/ runs
-it. Shapes only: the models are config.json files built on the meta device, prompt lengths are given.
+it. Shapes only: the models are config.json files built on the meta device; with no tokenizer beside
+them the prompt length is `rl.max_prompt_length` (the estimate's stated fallback), so most tests go
+through the same calls as before RL was modelled and fail on the old code by their numbers.
 
 Predicted vs measured (CPU, one thread = half this machine's 230 GFLOP/s bound, SmolLM2-135M-Instruct,
 LoRA r16 all-linear, fp32, jemalloc as `tunesmith train` runs; the two pins below reproduce the
@@ -65,18 +67,20 @@ def prompts(tmp_path_factory):
 
 
 def rl_config(model_dir, prompts, method="grpo", adapter="lora", attn="sdpa", rl=None, **train):
-    rl = {"num_generations": 4, "max_new_tokens": 16, "rewards": ["length"], **(rl or {})}
+    rl = {"num_generations": 4, "max_new_tokens": 16, "max_prompt_length": 20, "rewards": ["length"], **(rl or {})}
     return validate_config({"model": {"path": model_dir, "attn_implementation": attn}, "method": method,
                             "data": {"train": [prompts]}, "rl": rl,
                             "adapter": {"type": adapter, **({"r": 8, "dropout": 0.0} if adapter == "lora" else {})},
                             "train": {"micro_batch_size": 2, "precision": "fp32", **train}})
 
 
-def plan(cfg, target="cpu", prompt=(20, 20), gen=0):
-    return plan_from_config(cfg, target=target, prompt_tokens=prompt, generation_tokens=gen)
+def plan(cfg, target="cpu", prompt=None, gen=0):
+    """No tokenizer beside the test configs: the prompts are rl.max_prompt_length (20) long unless given."""
+    extra = {} if prompt is None else {"prompt_tokens": prompt}
+    return plan_from_config(cfg, target=target, generation_tokens=gen, **extra)
 
 
-def est(model_dir, cfg, target="cpu", prompt=(20, 20), gen=0, device=ONE_THREAD):
+def est(model_dir, cfg, target="cpu", prompt=None, gen=0, device=ONE_THREAD):
     return estimate_plan(model_shape(model_dir), plan(cfg, target, prompt, gen), device, overhead=0)
 
 
@@ -167,10 +171,15 @@ def test_the_generation_phase_is_not_added_to_the_training_peak(model_dir, promp
 def test_prompt_lengths_come_from_the_data(tiny_dir, prompts, tok, tmp_path):
     from tunesmith.objectives.rl.data import prompt_ids
 
-    p = plan_from_config(rl_config(str(tiny_dir), prompts), target="cpu")
+    p = plan_from_config(rl_config(str(tiny_dir), prompts, rl={"max_prompt_length": 512}), target="cpu")
     want = [len(prompt_ids(tok, [{"role": "user", "content": f"Write a line about the {w}."}])) for w in ["river", "stone", "cloud", "sun"]]
     assert (p.rl.prompt_tokens, p.rl.prompt_tokens_max) == (sum(want) / 4, max(want))
     assert p.rl.prompt_source.startswith("data: 4 prompts")
+    # Prompts over rl.max_prompt_length are dropped by the run, so they are not counted either.
+    short = [n for n in want if n == min(want)]
+    if len(short) < 4:
+        c = plan_from_config(rl_config(str(tiny_dir), prompts, rl={"max_prompt_length": min(want)}), target="cpu")
+        assert (c.rl.prompt_tokens_max, c.rl.prompt_source) == (min(want), f"data: {len(short)} prompts rendered with the chat template")
     # No tokenizer beside the config: the stated upper bound, rl.max_prompt_length.
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -213,7 +222,8 @@ def test_grpo_bench_a_within_1_5x_of_measured(smol_dir, prompts):
     """(a): 5.36 CPU s/step and 1,262 MB over the loaded model, measured (see the module docstring)."""
     cfg = rl_config(smol_dir, prompts, rl={"target_length": 24, "loss_type": "dapo"}, micro_batch_size=4, lr=1e-3)
     cfg = cfg.model_copy(update={"adapter": cfg.adapter.model_copy(update={"r": 16, "alpha": 32, "target_modules": "all-linear"})})
-    p = replace(plan(cfg, prompt=(37, 37)), allocator="jemalloc")
+    cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"max_prompt_length": 37})})  # the bench's 37-token prompts
+    p = replace(plan(cfg), allocator="jemalloc")
     e = estimate_plan(model_shape(smol_dir), p, ONE_THREAD)
     assert 5.36 / 1.5 < e.step_seconds < 5.36 * 1.5
     assert e.phases["generation"] > 0.35 * e.step_seconds  # the profile: generation ~47% of the step
