@@ -254,3 +254,13 @@ def test_estimate_reads_the_config_and_data(smol_dir, prompts):
     """The public entry: a grpo config through `estimate()`, prompts given (no tokenizer beside the config)."""
     e = estimate(rl_config(smol_dir, prompts), prompt_tokens=37)
     assert e.plan.rl.prompt_tokens == 37 and e.plan.seq_len == 37 + 4 * 16 and e.phases is not None
+
+
+def test_bad_rl_lengths_name_the_key(model_dir, prompts):
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--generation-tokens 17 exceeds `rl.max_new_tokens` \(16\)"):
+        plan(rl_config(model_dir, prompts), gen=17)
+    with pytest.raises(ConfigError, match="--prompt-tokens 0: must be >= 1"):
+        estimate(rl_config(model_dir, prompts), prompt_tokens=0)
+    assert plan(rl_config(model_dir, prompts), gen=8).rl.completion_tokens == 8  # the expected length, below the cap

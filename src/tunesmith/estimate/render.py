@@ -103,14 +103,17 @@ def _rl_time(est) -> list[str]:
     p, r, fl, ph = est.plan, est.plan.rl, est.flops, est.phases
     T = lambda k: f"{fl[k] / 1e12:,.3f}"  # noqa: E731
     reuse = f", once per {r.reuse} steps (reuse)" if r.reuse > 1 else ""
+    bound = ("bandwidth/overhead-bound on the CPU: calibrated on a measured run" if est.device.kind == "cpu"
+             else "HBM bandwidth + per-layer launch overhead: not calibrated")
+    D = lambda s: _dur(s) if s >= 1 else f"{s * 1000:.0f} ms"  # noqa: E731
     ref = {0.0: "no reference pass", 1.0: "reference every rollout"}.get(r.reference_every, f"reference every {1 / r.reference_every:.0f} rollouts (logged kl)")
     return ["", f"  time per optimizer step at {est.utilisation:.0%} of {est.device.peak_flops(p.precision) / 1e12:,.3f} TFLOP/s "
                 f"({p.micro_batch_size * p.grad_accum_steps} prompts, {p.micro_batch_size * p.grad_accum_steps * r.generations} completions):",
-            f"    generation {_dur(ph['generation']):>10}  prefill {T('prefill')} + decode {T('decode')} TFLOP, {max(r.completion_tokens - 1, 0)} "
-            f"decode steps each reading all weights (bandwidth-bound on the CPU, calibrated){reuse}",
-            f"    scoring    {_dur(ph['scoring']):>10}  no-grad: policy {T('policy scoring')} ({'old log-probs' + (' and values' if r.value_head else '') if r.policy_pass else 'not needed'}), "
+            f"    generation {D(ph['generation']):>10}  prefill {T('prefill')} + decode {T('decode')} TFLOP, {max(r.completion_tokens - 1, 0)} "
+            f"decode steps each reading all weights ({bound}){reuse}",
+            f"    scoring    {D(ph['scoring']):>10}  no-grad: policy {T('policy scoring')} ({'old log-probs' + (' and values' if r.value_head else '') if r.policy_pass else 'not needed'}), "
             f"reference {T('reference')} ({ref}), reward model {T('reward model')} TFLOP{reuse}",
-            f"    training   {_dur(ph['training']):>10}  forward {T('forward')} + backward {T('backward')} + recompute {T('recompute')} TFLOP "
+            f"    training   {D(ph['training']):>10}  forward {T('forward')} + backward {T('backward')} + recompute {T('recompute')} TFLOP "
             f"over {p.grad_accum_steps} micro-batch(es)",
             f"  step: {_dur(est.step_seconds)}; run ({p.max_steps} steps): {_dur(est.run_seconds)}; epoch: {_dur(est.epoch_seconds)}"
             + ("" if p.dataset_rows else " (pass --rows N prompts for an epoch)")]
