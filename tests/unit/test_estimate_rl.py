@@ -264,3 +264,10 @@ def test_bad_rl_lengths_name_the_key(model_dir, prompts):
     with pytest.raises(ConfigError, match="--prompt-tokens 0: must be >= 1"):
         estimate(rl_config(model_dir, prompts), prompt_tokens=0)
     assert plan(rl_config(model_dir, prompts), gen=8).rl.completion_tokens == 8  # the expected length, below the cap
+
+
+def test_an_unreadable_reward_model_run_is_said_not_guessed(model_dir, prompts, tmp_path):
+    cfg = rl_config(model_dir, prompts, method="ppo", rl={"num_generations": 1, "rewards": [{"reward_model": str(tmp_path / "nope")}]})
+    e = est(model_dir, cfg)
+    assert e.breakdown.get("reward model nope") == 0 and e.flops["reward model"] == 0
+    assert "not estimated" in next(t.detail for t in e.breakdown.terms if t.name == "reward model nope")

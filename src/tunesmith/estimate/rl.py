@@ -95,6 +95,7 @@ def measured_prompts(cfg) -> tuple[tuple[float, int], str]:
     """(mean, longest) rendered prompt length of the first PROMPT_SAMPLE usable prompts, as
     objectives/rl/data.py renders and filters them; `rl.max_prompt_length` when they cannot be read."""
     from ..data.encode import resolve_chat_template
+    from ..errors import UserError
     from ..data.formats import RowError, apply_columns
     from ..data.readers import read_rows
     from ..models.loading import load_tokenizer
@@ -117,7 +118,7 @@ def measured_prompts(cfg) -> tuple[tuple[float, int], str]:
                     break
             if len(lengths) >= PROMPT_SAMPLE:
                 break
-    except Exception as e:  # noqa: BLE001 (the estimate still stands, on the stated upper bound)
+    except (UserError, OSError, ValueError) as e:  # no tokenizer / unreadable data: the stated upper bound
         return (cap, cap), f"rl.max_prompt_length (the prompts could not be read: {type(e).__name__}: {e}; pass --prompt-tokens)"
     if not lengths:
         return (cap, cap), "rl.max_prompt_length (no usable prompt in data.train)"
@@ -173,23 +174,22 @@ def generation_terms(b, shape, plan) -> None:
           f"transients ({prompts} prompts × {r.prompt_tokens_max} tokens, no grad)", "generation")
 
 
-def reward_model_terms(b, r: RLPlan) -> list:
-    """A `{reward_model: RUN_DIR}` reward loads that run's model (fp32, score head) beside the policy.
-    Returns the shapes (for time); a run whose config cannot be read adds a 0 term that says so."""
-    shapes = []
+def reward_model_terms(b, r: RLPlan) -> None:
+    """A `{reward_model: RUN_DIR}` reward loads that run's model (fp32, score head) beside the policy. A run
+    whose config cannot be read adds a 0 term that says so (and no time: core.py skips it)."""
+    from ..errors import UserError
+
     for run in r.reward_models:
         try:
             shape, quant = reward_model_shape(run)
-        except Exception as e:  # noqa: BLE001
+        except (UserError, OSError, ValueError) as e:  # a missing or broken run: said in the breakdown, the rest stands
             b.add(f"reward model {Path(run).name}", 0, f"not estimated: cannot read {run}/config.yaml ({type(e).__name__}: {e})")
             continue
-        shapes.append(shape)
         rest = shape.total_params - shape.linear_params - shape.head_params
         per = 0.5 + 1 / 64 if quant == "nf4" else 1.0 if quant == "int8" else 4.0
         b.add(f"reward model {Path(run).name}", per * shape.linear_params + 4 * rest,
               f"{shape.linear_params:,} linear params × {per:g} B ({quant if quant != 'none' else 'fp32'}) + {rest:,} "
               f"embedding/norm params × 4 B (its LM head is a score head)")
-    return shapes
 
 
 @lru_cache(maxsize=8)  # the largest-micro-batch search rebuilds the breakdown many times
