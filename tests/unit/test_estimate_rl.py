@@ -271,3 +271,10 @@ def test_an_unreadable_reward_model_run_is_said_not_guessed(model_dir, prompts, 
     e = est(model_dir, cfg)
     assert e.breakdown.get("reward model nope") == 0 and e.flops["reward model"] == 0
     assert "not estimated" in next(t.detail for t in e.breakdown.terms if t.name == "reward model nope")
+
+
+def test_vllm_generation_is_said_to_be_outside_the_model(model_dir, prompts):
+    cfg = rl_config(model_dir, prompts)
+    cfg = cfg.model_copy(update={"rl": cfg.rl.model_copy(update={"generator": "vllm"})})
+    e = est(model_dir, cfg, target="gpu", device=Device("gpu", "gpu", 80 * GIB, 312.0, 156.0))
+    assert e.breakdown.get("kv cache") == 0 and "NOT MODELLED" in next(t.detail for t in e.breakdown.terms if t.name == "vllm engine")

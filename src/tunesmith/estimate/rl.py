@@ -62,6 +62,7 @@ class RLPlan:
     reference_every: float  # fraction of rollouts with a reference forward
     value_head: bool  # PPO
     share_prompts: bool  # a group is one row [prompt | c1 | ... | cG]
+    vllm_memory: float = 0.0  # rl.generator: vllm: the GPU fraction vLLM's engine takes (0: the built-in decode)
     reward_models: tuple[str, ...] = ()  # run directories of `{reward_model: RUN_DIR}` rewards
 
 
@@ -87,7 +88,7 @@ def rl_plan(cfg, target: str, prompt_tokens: tuple[float, int] | None = None, co
     return RLPlan(generations=G, prompt_tokens=mean, prompt_tokens_max=longest, prompt_source=source,
                   completion_tokens=C, max_new_tokens=rl.max_new_tokens, reuse=reuse,
                   policy_pass=ppo or reuse > 1 or (rl.beta > 0 and rl.kl_in == "reward"), reference_every=ref_every,
-                  value_head=ppo, share_prompts=share,
+                  value_head=ppo, share_prompts=share, vllm_memory=rl.vllm_gpu_memory if rl.generator == "vllm" else 0.0,
                   reward_models=tuple(r["reward_model"] for r in rl.rewards if isinstance(r, dict)))
 
 
@@ -95,9 +96,9 @@ def measured_prompts(cfg) -> tuple[tuple[float, int], str]:
     """(mean, longest) rendered prompt length of the first PROMPT_SAMPLE usable prompts, as
     objectives/rl/data.py renders and filters them; `rl.max_prompt_length` when they cannot be read."""
     from ..data.encode import resolve_chat_template
-    from ..errors import UserError
     from ..data.formats import RowError, apply_columns
     from ..data.readers import read_rows
+    from ..errors import UserError
     from ..models.loading import load_tokenizer
     from ..objectives.rl.data import _messages, prompt_ids
 
@@ -157,10 +158,17 @@ def loss_term(b, shape, plan) -> None:
 
 
 def generation_terms(b, shape, plan) -> None:
-    """The decode of all n·G rows of a step at once: the preallocated KV cache and the sampler's buffers."""
+    """The decode of all n·G rows of a step at once: the preallocated KV cache and the sampler's buffers.
+    With `rl.generator: vllm` the engine holds its own copy of the weights and its KV cache in the
+    fraction of the GPU it is given, for the whole run: not modelled, said in the breakdown (and its
+    decode time is not modelled either: the built-in decode's is shown)."""
     from .activations import DTYPE_BYTES
 
     r, a = plan.rl, DTYPE_BYTES[plan.precision]
+    if r.vllm_memory:
+        b.add("vllm engine", 0, f"NOT MODELLED: vLLM takes rl.vllm_gpu_memory = {r.vllm_memory:g} of the GPU (its weights and "
+              "KV cache) beside this peak; the generation time shown is the built-in decode's")
+        return
     prompts = plan.micro_batch_size * plan.grad_accum_steps
     R, T = prompts * r.generations, r.prompt_tokens_max + r.max_new_tokens
     b.add("kv cache", 2 * shape.layers * shape.kv_width * T * R * a,
