@@ -152,6 +152,13 @@ def test_report_states_the_numbers(tmp_path):
     assert png[:8] == PNG_MAGIC and len(png) > 5_000
 
 
+def test_report_sets_the_estimated_step_time_beside_the_measured_one(tmp_path):
+    """60 steps logged, the loop's elapsed_s reaching 0.25 x 60 = 15 s: 0.25 s/step measured; 0.30 predicted = +20%."""
+    _write_log(tmp_path / "metrics.jsonl", _records())
+    md = write_report(tmp_path, {"name": "r", "steps": 60, "predicted_step_seconds": 0.30}).read_text()
+    assert "| Time per step: estimate vs measured | 0.30 s vs 0.25 s (+20.0%; wall clock of the loop) |" in md
+
+
 def test_loss_table_has_ten_evenly_spaced_rows_snapped_to_evals(tmp_path):
     _write_log(tmp_path / "metrics.jsonl", _records(n_steps=200, eval_every=50))
     md = write_report(tmp_path, {"name": "r"}).read_text()
