@@ -6,6 +6,7 @@ the model's config.json alone (the model is built on the meta device). See docs/
     activations.py  what autograd saves per decoder layer
     memory.py       weights, adapter, gradients, optimizer, loss, reference, sharding, framework
     flops.py        FLOPs per micro-batch -> time
+    rl.py           online RL (grpo/rloo/ppo): rollout, scoring passes, group rows, KV cache
     devices.py      device classes (capacity, peak FLOP/s) and this machine
     core.py         estimate(): all of it, the fits table and the largest micro-batch
     render.py       text and JSON
