@@ -76,8 +76,12 @@ class RLConfig(BaseModel):
             raise ValueError("give at least one reward, e.g. [gsm8k] or [my_rewards:score]")
         for spec in v:
             if isinstance(spec, dict):
-                if set(spec) != {"reward_model"} or not isinstance(spec["reward_model"], str):
-                    raise ValueError(f"reward {spec!r}: a mapping must be {{reward_model: RUN_DIR}}")
+                if not isinstance(spec.get("reward_model"), str) or not set(spec) <= {"reward_model", "debias_length"}:
+                    raise ValueError(f"reward {spec!r}: a mapping must be {{reward_model: RUN_DIR}}, optionally with "
+                                     "debias_length: true (or a preference-pairs file)")
+                d = spec.get("debias_length", False)
+                if not isinstance(d, (bool, str)) or d == "":
+                    raise ValueError(f"reward {spec!r}: debias_length is true/false or a preference-pairs file")
             elif not isinstance(spec, str) or not spec:
                 raise ValueError(f"reward {spec!r}: use a built-in name, module:function or {{reward_model: RUN_DIR}}")
         return v
