@@ -10,8 +10,8 @@ truncation by step, and the honest measure, held-out prompts scored before and a
 DIR: a transformers directory of the model (SmolLM2-135M-Instruct, or the tiny test model). Pairs:
 single-turn transcripts whose chosen and rejected are each under 500 characters and differ; the
 first `--rm-pairs` train the reward model, the next 100 are held out. PPO prompts: first human
-turns of all other transcripts, the first 64 held out (scored before and after), the next
-`--prompts` trained on. Writes OUT/rm.json and OUT/bench.json with everything reported.
+turns of all other transcripts, the first 64 held out (scored before and after, with the KL of the
+trained policy's samples to the base measured on them), the next `--prompts` trained on. Writes OUT/rm.json and OUT/bench.json with everything reported.
 """
 
 from __future__ import annotations
@@ -91,6 +91,34 @@ def length_bias(held_result: dict, held_f: Path) -> dict:
 
 
 @torch.no_grad()
+def completion_kl(model, prompts: list[list[int]], comps: list[list[int]], batch: int = 16) -> list[float]:
+    """Per completion, sum over its tokens of log pi(y_t) - log ref(y_t) at temperature 1: with y sampled
+    from pi this is an unbiased estimate of the sequence KL(pi || ref). ref = the same model with its
+    adapter disabled; [] when the model has none (the base model: KL 0 by definition)."""
+    disable = getattr(model, "disable_adapter", None)
+    if not callable(disable):
+        return []
+
+    def logps() -> list[float]:
+        out = []
+        for i in range(0, len(prompts), batch):
+            rows = [p + c for p, c in zip(prompts[i : i + batch], comps[i : i + batch])]
+            width = max(map(len, rows))
+            ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])  # right padding: causal, never attended
+            att = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+            lp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), dim=-1)
+            for b, (p, c) in enumerate(zip(prompts[i : i + batch], comps[i : i + batch])):
+                pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # logits at t predict token t + 1
+                out.append(float(lp[b, pos, torch.tensor(c)].sum()) if c else 0.0)
+        return out
+
+    pol = logps()
+    with disable():
+        ref = logps()
+    return [a - b for a, b in zip(pol, ref)]
+
+
+@torch.no_grad()
 def heldout_scores(model_dir: str, adapter: Path | None, rm_dir: Path, prompts_f: Path, samples: int = 2,
                    max_new_tokens: int = 64, seed: int = 4321) -> dict:
     """The honest measure: completions of held-out prompts (never trained on) sampled at temperature 1
@@ -133,7 +161,10 @@ def heldout_scores(model_dir: str, adapter: Path | None, rm_dir: Path, prompts_f
     for i in range(0, len(comps), 16):
         scores += rm([t for t in texts for _ in range(samples)][i : i + 16], comps[i : i + 16])
     lens = [float(len(c.ids)) for c in done]
-    return {"completions": len(done), "rm_score": round(statistics.fmean(scores), 4),
+    kl = completion_kl(model, ids, [c.ids for c in done])
+    kl_out = {"kl_sequence": round(statistics.fmean(kl), 3), "kl_sequence_sem": round(statistics.stdev(kl) / len(kl) ** 0.5, 3),
+              "kl_per_token": round(sum(kl) / max(1.0, sum(lens)), 4)} if kl else {"kl_sequence": 0.0}
+    return {"completions": len(done), **kl_out, "rm_score": round(statistics.fmean(scores), 4),
             "rm_score_sem": round(statistics.stdev(scores) / len(scores) ** 0.5, 4),
             "length": round(statistics.fmean(lens), 1), "truncated": round(sum(c.truncated for c in done) / len(done), 3),
             "corr(score, length)": _pearson(scores, lens), "examples": [[texts[0], comps[0]], [texts[1], comps[2]]]}

@@ -254,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "score":
             result = api.score(args.model, args.data, out=args.out, overwrite=args.overwrite, batch_size=args.batch_size)
             acc = f"; pairwise accuracy {result['accuracy']:.3f}" if "accuracy" in result else ""
+            if (lb := result.get("length_bias")) is not None:  # the reward-hacking risk RL would exploit
+                acc += (f"; scores the longer response higher in {lb['prefers_longer']:.0%} of {lb['pairs']} pairs of unequal "
+                        f"length (corr(score gap, token gap) {lb['corr']:+.2f}, {100 * lb['slope']:+.3f} per 100 tokens)")
             print(f"scored {result['rows']} rows{acc}" + (f"; scores in {args.out}" if args.out else ""))
         elif args.command == "prepare":
             m = api.prepare(args.config, args.overrides, input=args.input, format=args.format, out=args.out, benchmarks=args.benchmark,

@@ -115,15 +115,32 @@ def _encode(tok, prompt, response, where: str) -> list[int]:
     return prompt_ids + encode_response(tok, prompt, text, prompt_ids, response, where)
 
 
-def score(model: str | Path, data: str | Path, out: str | Path | None = None, overwrite: bool = False,
-          batch_size: int = 8) -> dict:
-    """Score every row of `data`; write JSONL to `out` when given. Returns {"rows", "scores", "accuracy"?}."""
-    if out is not None:
-        check_output_file(out, overwrite=overwrite, inputs=[model, data])
-    net, tok = load_reward_model(model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    items = []  # (where, [sequence ids], is_pair)
+def length_bias(gaps: list[tuple[float, int]]) -> dict | None:
+    """How a reward model's scores follow response length, from preference pairs: (score gap, token gap)
+    per pair, chosen - rejected. One prompt per pair, so a gap is the two responses' difference alone.
+    `prefers_longer`: the share of pairs of unequal length whose longer response scores higher;
+    `corr`: Pearson's r of the gaps; `slope`: the least-squares score change per response token through
+    the origin (sum ds * dl / sum dl^2), what `{reward_model: RUN, debias_length: true}` subtracts.
+    None with fewer than 2 pairs of unequal length."""
+    g = [(ds, dl) for ds, dl in gaps if dl != 0]
+    if len(g) < 2:
+        return None
+    ds, dl = [x for x, _ in g], [float(y) for _, y in g]
+    mx, my = sum(ds) / len(ds), sum(dl) / len(dl)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(ds, dl))
+    sxx, syy = sum((a - mx) ** 2 for a in ds), sum((b - my) ** 2 for b in dl)
+    return {"pairs": len(g), "prefers_longer": sum((a > 0) == (b > 0) for a, b in g) / len(g),
+            "corr": sxy / (sxx * syy) ** 0.5 if sxx > 0 and syy > 0 else 0.0,
+            "slope": sum(a * b for a, b in zip(ds, dl)) / sum(b * b for b in dl)}
+
+
+def pair_items(tok, data: str | Path, limit: int | None = None) -> list[tuple[str, list[list[int]], bool]]:
+    """(where, [sequence ids], is_pair) per row of `data`: a {prompt, response} row gives one sequence, a
+    preference row two (chosen, rejected), rendered as in training. `limit`: the first N rows only."""
+    items = []
     for row in read_rows(data):
+        if limit is not None and len(items) >= limit:
+            break
         if "response" in row.data:
             prompt = as_prompt(row.data.get("prompt"), row.where)
             seqs = [_encode(tok, prompt, as_response(row.data["response"], row.where, "response"), row.where)]
@@ -133,16 +150,33 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ov
             items.append((row.where, [_encode(tok, pair.prompt, r, row.where) for r in (pair.chosen, pair.rejected)], True))
     if not items:
         raise UserError(f"{data}: no rows to score")
-    flat = [s for _, seqs, _ in items for s in seqs]
+    return items
+
+
+def score_flat(net, sequences: list[list[int]], pad_id: int, batch_size: int = 8) -> list[float]:
     scores: list[float] = []
-    for i in progress_bar(range(0, len(flat), batch_size), desc="scoring", leave=False):
-        scores += score_ids(net, flat[i : i + batch_size], pad_id).tolist()
-    results, k, right = [], 0, 0
+    for i in progress_bar(range(0, len(sequences), batch_size), desc="scoring", leave=False):
+        scores += score_ids(net, sequences[i : i + batch_size], pad_id).tolist()
+    return scores
+
+
+def score(model: str | Path, data: str | Path, out: str | Path | None = None, overwrite: bool = False,
+          batch_size: int = 8) -> dict:
+    """Score every row of `data`; write JSONL to `out` when given. Returns {"rows", "results",
+    "accuracy"?, "length_bias"?} (the last two for preference rows; length_bias: see `length_bias`)."""
+    if out is not None:
+        check_output_file(out, overwrite=overwrite, inputs=[model, data])
+    net, tok = load_reward_model(model)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    items = pair_items(tok, data)
+    scores = score_flat(net, [s for _, seqs, _ in items for s in seqs], pad_id, batch_size)
+    results, k, right, gaps = [], 0, 0, []
     for where, seqs, is_pair in items:
         if is_pair:
             c, r = scores[k], scores[k + 1]
             results.append({"where": where, "chosen_score": c, "rejected_score": r})
             right += c > r
+            gaps.append((c - r, len(seqs[0]) - len(seqs[1])))  # same prompt: the token gap is the responses'
         else:
             results.append({"where": where, "score": scores[k]})
         k += len(seqs)
@@ -150,6 +184,8 @@ def score(model: str | Path, data: str | Path, out: str | Path | None = None, ov
     summary = {"rows": len(items), "results": results}
     if n_pairs:
         summary["accuracy"] = right / n_pairs
+        if (bias := length_bias(gaps)) is not None:
+            summary["length_bias"] = bias
     if out is not None:  # parent directories are made as eval and export make them
         atomic_write_text(out, "".join(json.dumps(r) + "\n" for r in results))
     return summary

@@ -71,3 +71,45 @@ def test_ppo_scores_completions_with_a_reward_model(tiny_dir, reward_run, tmp_pa
     scored = [r["score"] for r in score(reward_run, rows)["results"]]
     assert [s["reward"] for s in samples] == pytest.approx(scored, abs=1e-4)
     assert len({round(x, 4) for x in scored}) > 1  # the scores depend on the completion
+
+
+def test_score_reports_the_reward_models_length_bias(reward_run, tmp_path):
+    """`tunesmith score` on pairs says how the scores follow length: the fixture's chosen "blue blue"
+    is always the longer response and the model learned to prefer it, so it scores the longer response
+    higher in every pair and the slope (score per token) is positive."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Say something {i}.", "chosen": "blue blue", "rejected": "red"}) + "\n"
+                             for i in range(6)))
+    res = score(reward_run, pairs)
+    lb = res["length_bias"]
+    assert res["accuracy"] == 1.0 and lb["pairs"] == 6 and lb["prefers_longer"] == 1.0 and lb["slope"] > 0
+    gaps = [(r["chosen_score"] - r["rejected_score"]) for r in res["results"]]
+    dl = len(tok_ids(reward_run, "blue blue")) - len(tok_ids(reward_run, "red"))
+    assert lb["slope"] == pytest.approx(sum(g * dl for g in gaps) / (len(gaps) * dl * dl), rel=1e-6)
+
+
+def tok_ids(run, text):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(run / "adapter")(text, add_special_tokens=False)["input_ids"]
+
+
+def test_debias_length_subtracts_the_fitted_slope_per_response_token(reward_run, tmp_path):
+    """`{reward_model: RUN, debias_length: true}`: the slope is fitted on the reward run's own
+    data.train (what `tunesmith score` reports for it) and slope x response tokens comes off each
+    score; a pairs file may be given instead; a missing file is a config error naming the key."""
+    from tunesmith.errors import ConfigError
+    from tunesmith.objectives.rl.rewards import RewardModelReward
+
+    raw, fixed = RewardModelReward(str(reward_run), "cpu"), RewardModelReward(str(reward_run), "cpu", True)
+    train_pairs = reward_run.parent / "pairs.jsonl"
+    assert fixed.slope == pytest.approx(score(reward_run, train_pairs)["length_bias"]["slope"], rel=1e-5)
+    assert fixed.slope > 0 and fixed.__name__ == f"reward_model:{reward_run.name}:debiased"
+    prompts, comps = ["Say something 1.", "Say something 2."], ["red", "blue blue blue blue"]
+    off = [(r - f) / fixed.slope for r, f in zip(raw(prompts, comps), fixed(prompts, comps))]  # response tokens
+    n = [len(tok_ids(reward_run, c)) for c in comps]
+    assert off[1] - off[0] == pytest.approx(n[1] - n[0], abs=1e-3)  # the template's closing tokens are common
+    assert abs(off[0] - round(off[0])) < 1e-3 and 0 <= round(off[0]) - n[0] <= 3
+    assert RewardModelReward(str(reward_run), "cpu", str(train_pairs)).slope == pytest.approx(fixed.slope, rel=1e-6)
+    with pytest.raises(ConfigError, match="debias_length"):
+        RewardModelReward(str(reward_run), "cpu", str(tmp_path / "nope.jsonl"))

@@ -113,6 +113,11 @@ def test_kill_and_resume_is_exact(warm, tmp_path, extra):
     for key in ("loss", "reward", "kl", "entropy", "clip_fraction", "beta", "value_loss"):
         assert [r.get(key) for r in rf] == [r.get(key) for r in rc], key
     assert rf[3]["clip_fraction"] >= 0  # step 4 reuses step 3's generations (num_iterations 2)
+    if "method=ppo" in extra:  # kl_sequence: the controller's unit (nats per completion), kl is per token
+        for r in rf:
+            assert r["kl_sequence"] == pytest.approx(r["kl"] * r["completion_length"], rel=1e-5, abs=1e-7)
+        kl1 = rf[0]["kl_sequence"]  # step 1: the training forward is the rollout's policy, 16 completions
+        assert rf[0]["beta"] == pytest.approx(0.05 * (1 + max(-0.2, min(0.2, kl1 / 0.01 - 1)) * 16 / 10), rel=1e-4)
     wf, wc = _weights(full), _weights(cut)
     assert all(torch.equal(wf[k], wc[k]) for k in wf)
 

@@ -30,6 +30,8 @@ def test_grpo_config_and_defaults():
     (["method=grpo", "rl.rewardz=[x]"], "rl.rewardz"),
     (["method=grpo", "rl.rewards=[{model: x}]"], "reward_model"),
     (["method=rloo", "data.packing=true"], "data.packing"),
+    (["method=ppo", "rl.rewards=[{reward_model: x, debias: true}]"], "debias_length"),
+    (["method=ppo", "rl.rewards=[{reward_model: x, debias_length: 3}]"], "debias_length"),
 ])
 def test_refusals_name_the_key(extra, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -64,3 +66,23 @@ def test_user_reward_function_from_a_file(tmp_path, monkeypatch):
     for spec, msg in (("nope_mod:f", "cannot import"), ("my_rewards:missing", "no function"), ("bogus", "unknown reward")):
         with pytest.raises(ConfigError, match=msg):
             build_rewards(cfg("method=grpo", f"rl.rewards=['{spec}']").rl, "cpu")
+
+
+def test_length_bias_by_hand():
+    """(score gap, token gap) per pair: pairs of equal length are left out; the slope is through the
+    origin, sum(ds * dl) / sum(dl^2)."""
+    from tunesmith.score import length_bias
+
+    b = length_bias([(1.0, 2), (-0.5, -1), (0.3, 0), (-0.2, 3)])
+    assert b["pairs"] == 3 and b["prefers_longer"] == pytest.approx(2 / 3)
+    assert b["slope"] == pytest.approx((2.0 + 0.5 - 0.6) / (4 + 1 + 9))
+    ds, dl = [1.0, -0.5, -0.2], [2.0, -1.0, 3.0]
+    mx, my = sum(ds) / 3, sum(dl) / 3
+    r = sum((a - mx) * (c - my) for a, c in zip(ds, dl)) / (sum((a - mx) ** 2 for a in ds) * sum((c - my) ** 2 for c in dl)) ** 0.5
+    assert b["corr"] == pytest.approx(r)
+    assert length_bias([(1.0, 0), (0.5, 2)]) is None  # one pair of unequal length: nothing to fit
+
+
+def test_a_reward_model_spec_may_ask_for_length_debiasing():
+    c = cfg("method=ppo", "rl.rewards=[{reward_model: runs/rm, debias_length: true}, {reward_model: runs/rm2, debias_length: p.jsonl}]")
+    assert c.rl.rewards == [{"reward_model": "runs/rm", "debias_length": True}, {"reward_model": "runs/rm2", "debias_length": "p.jsonl"}]

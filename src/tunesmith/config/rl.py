@@ -61,8 +61,13 @@ class RLConfig(BaseModel):
     cliprange_value: float = Field(0.2, gt=0.0, description="PPO: clip of the value prediction around the rollout's.")
     ppo_epochs: int = Field(1, ge=1, description="PPO: optimizer passes over one rollout batch (like num_iterations).")
     whiten_advantages: bool = Field(True, description="PPO: normalise advantages to mean 0, std 1 over the batch's tokens.")
-    kl_target: float | None = Field(None, gt=0.0, description="PPO: adaptive KL controller target (Ziegler et al.); None: fixed beta.")
-    kl_horizon: int = Field(10000, gt=0, description="PPO: adaptive KL controller horizon.")
+    kl_target: float | None = Field(None, gt=0.0, description=(
+        "PPO: adaptive KL controller target (Ziegler et al.) in nats per completion (the sum over its tokens, logged "
+        "as `kl_sequence`; `kl` is per token); None: fixed beta."))
+    kl_horizon: int = Field(10000, gt=0, description=(
+        "PPO: adaptive KL controller horizon, in completions: each step beta moves by at most 20% x (completions "
+        "in the step / horizon). 10000 (Ziegler et al.'s, for batches of 512) barely moves beta in a run of a few "
+        "hundred completions; for short runs use a horizon near a few steps' completions."))
 
     @field_validator("rewards")
     @classmethod
@@ -71,8 +76,12 @@ class RLConfig(BaseModel):
             raise ValueError("give at least one reward, e.g. [gsm8k] or [my_rewards:score]")
         for spec in v:
             if isinstance(spec, dict):
-                if set(spec) != {"reward_model"} or not isinstance(spec["reward_model"], str):
-                    raise ValueError(f"reward {spec!r}: a mapping must be {{reward_model: RUN_DIR}}")
+                if not isinstance(spec.get("reward_model"), str) or not set(spec) <= {"reward_model", "debias_length"}:
+                    raise ValueError(f"reward {spec!r}: a mapping must be {{reward_model: RUN_DIR}}, optionally with "
+                                     "debias_length: true (or a preference-pairs file)")
+                d = spec.get("debias_length", False)
+                if not isinstance(d, (bool, str)) or d == "":
+                    raise ValueError(f"reward {spec!r}: debias_length is true/false or a preference-pairs file")
             elif not isinstance(spec, str) or not spec:
                 raise ValueError(f"reward {spec!r}: use a built-in name, module:function or {{reward_model: RUN_DIR}}")
         return v

@@ -210,5 +210,6 @@ class OnlineRLObjective(Objective):
         if "ref_logps" in batch:
             kl = kl_per_token(logps.detach(), batch["ref_logps"], self.rl.kl_estimator)
             m["kl"] = (s(kl * batch["mask"]), n_tok)
+            m["kl_sequence"] = (s(kl * batch["mask"]), B)  # per completion: the adaptive controller's unit
         return m
 

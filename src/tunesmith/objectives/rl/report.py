@@ -10,7 +10,7 @@ from pathlib import Path
 from ...train.metrics import atomic_write_bytes, read_metrics
 from ..report_common import fmt_cell, write_png
 
-KEYS = ("reward", "reward_std", "kl", "entropy", "completion_length", "truncated_fraction", "zero_std_fraction",
+KEYS = ("reward", "reward_std", "kl", "kl_sequence", "entropy", "completion_length", "truncated_fraction", "zero_std_fraction",
         "clip_fraction", "value_loss", "approx_kl", "beta")
 _SAMPLES_PER_STEP = 16
 

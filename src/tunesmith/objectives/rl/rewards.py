@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from ...errors import ConfigError
 from ...evaluate.metrics import answers_match, extract_answer, json_scores
 
@@ -78,9 +80,18 @@ def _user_function(spec: str) -> RewardFn:
 
 
 class RewardModelReward:
-    """A `method: reward` run scoring (prompt, completion) with its own tokenizer and chat template."""
+    """A `method: reward` run scoring (prompt, completion) with its own tokenizer and chat template.
 
-    def __init__(self, run_dir: str, device):
+    `debias_length` (true: the reward run's own `data.train`; or a preference-pairs file): reward models
+    pick up length as a feature (RM scores correlate with length, Singhal et al. 2023), and RL then
+    optimises the length instead of the content: completions grow, or, on HH-RLHF's harmless pairs,
+    collapse to a few words. The score's slope per response token is fitted on up to 256 pairs (the
+    within-pair gaps, so the prompt cancels: `tunesmith.score.length_bias`) and slope x tokens is
+    subtracted from every score, which makes the reward length-neutral on those pairs, to first order."""
+
+    FIT_PAIRS = 256
+
+    def __init__(self, run_dir: str, device, debias_length: bool | str = False):
         from ...score import load_reward_model
 
         self.model, self.tok = load_reward_model(run_dir)
@@ -88,15 +99,62 @@ class RewardModelReward:
         self.model.requires_grad_(False)
         self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
         self.__name__ = f"reward_model:{Path(run_dir).name}"
+        self.slope = 0.0
+        if debias_length:
+            self.slope = self._fit_slope(run_dir, debias_length)
+            self.__name__ += ":debiased"
+
+    def _fit_slope(self, run_dir: str, source: bool | str) -> float:
+        from ...console import say
+        from ...score import length_bias, pair_items, score_flat
+
+        files = [Path(source)] if isinstance(source, str) else _training_data(run_dir)
+        items: list = []
+        for data in files:
+            if not data.is_file():
+                raise ConfigError(f"`rl.rewards`: debias_length: {data} is not a file; give the preference pairs to fit "
+                                  f"the length slope on: {{reward_model: {run_dir}, debias_length: PAIRS.jsonl}}")
+            if len(items) < self.FIT_PAIRS:
+                items += [it for it in pair_items(self.tok, data, limit=self.FIT_PAIRS - len(items)) if it[2]]
+        data = ", ".join(map(str, files))
+        scores = score_flat(self.model, [s for _, seqs, _ in items for s in seqs], self.pad_id)
+        bias = length_bias([(scores[2 * i] - scores[2 * i + 1], len(c) - len(r)) for i, (_, (c, r), _) in enumerate(items)])
+        if bias is None:
+            raise ConfigError(f"`rl.rewards`: debias_length: {data} has fewer than 2 preference pairs whose responses differ "
+                              "in length; the slope cannot be fitted: give other pairs or drop debias_length")
+        say(f"{self.__name__}: score {100 * bias['slope']:+.3f} per 100 response tokens on {bias['pairs']} pairs of {data} "
+            f"(corr(score gap, token gap) {bias['corr']:+.2f}; longer scored higher in {bias['prefers_longer']:.0%}); "
+            "debias_length subtracts it")
+        return bias["slope"]
 
     def __call__(self, prompts, completions, prompt_messages=None, **_) -> list[float]:
+        from ...data.preference_encode import encode_prompt
         from ...score import _encode, score_ids
 
         msgs = prompt_messages or [[{"role": "user", "content": p}] for p in prompts]
         # The completion as the assistant turn, rendered with the reward model's own template, as
         # `tunesmith score` renders a {prompt, response} row.
         seqs = [_encode(self.tok, m, [{"role": "assistant", "content": c}], "rollout") for m, c in zip(msgs, completions)]
-        return score_ids(self.model, seqs, self.pad_id).tolist()
+        scores = score_ids(self.model, seqs, self.pad_id).tolist()
+        if not self.slope:
+            return scores
+        n = [len(s) - len(encode_prompt(self.tok, m, "rollout")[1]) for s, m in zip(seqs, msgs)]  # response tokens
+        return [x - self.slope * k for x, k in zip(scores, n)]
+
+
+def _training_data(run_dir: str) -> list[Path]:
+    """The `data.train` files of a reward run (its config.yaml), for `debias_length: true`."""
+    cfg = Path(run_dir) / "config.yaml"
+    try:
+        train = ((yaml.safe_load(cfg.read_text()) or {}).get("data") or {}).get("train")
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"`rl.rewards`: debias_length: true reads the reward run's data.train from {cfg}: {e}; "
+                          "give the pairs file instead: debias_length: PAIRS.jsonl") from e
+    train = [train] if isinstance(train, str) else train
+    if not train or not isinstance(train, list) or not all(isinstance(t, str) for t in train):
+        raise ConfigError(f"`rl.rewards`: debias_length: true: {cfg} names no data.train files; give the pairs "
+                          "file instead: debias_length: PAIRS.jsonl")
+    return [Path(t) for t in train]
 
 
 def build_rewards(cfg_rl, device) -> list[tuple[str, RewardFn]]:
@@ -104,7 +162,7 @@ def build_rewards(cfg_rl, device) -> list[tuple[str, RewardFn]]:
     out: list[tuple[str, RewardFn]] = []
     for spec in cfg_rl.rewards:
         if isinstance(spec, dict):
-            fn = RewardModelReward(spec["reward_model"], device)
+            fn = RewardModelReward(spec["reward_model"], device, spec.get("debias_length", False))
             out.append((fn.__name__, fn))
         elif spec == "gsm8k":
             out.append(("gsm8k", gsm8k_reward))
