@@ -80,14 +80,12 @@ def _pearson(x: list[float], y: list[float]) -> float:
 
 
 def length_bias(held_result: dict, held_f: Path) -> dict:
-    """Does the reward model prefer length? On the held-out pairs: how often it scores the longer
-    response higher, how often the chosen one is the longer, and corr(score gap, length gap)."""
+    """Does the reward model prefer length? On the held-out pairs: `tunesmith score`'s length bias (in
+    tokens: how often the longer response scores higher, corr of the gaps, slope per token) and how
+    often the chosen response is the longer one (in characters), for contrast."""
     rows = [json.loads(x) for x in held_f.read_text().splitlines()]
-    dl = [len(r["chosen"]) - len(r["rejected"]) for r in rows]
-    ds = [r["chosen_score"] - r["rejected_score"] for r in held_result["results"]]
-    n = len(rows)
-    return {"prefers_longer": round(sum((d > 0) == (g > 0) for d, g in zip(dl, ds)) / n, 3),
-            "chosen_is_longer": round(sum(d > 0 for d in dl) / n, 3), "corr(score gap, char gap)": _pearson(ds, [float(d) for d in dl])}
+    chosen_longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in rows) / len(rows)
+    return {**held_result.get("length_bias", {}), "chosen_is_longer": round(chosen_longer, 3)}
 
 
 @torch.no_grad()

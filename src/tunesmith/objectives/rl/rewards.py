@@ -128,18 +128,21 @@ class RewardModelReward:
         return bias["slope"]
 
     def __call__(self, prompts, completions, prompt_messages=None, **_) -> list[float]:
-        from ...data.preference_encode import encode_prompt
-        from ...score import _encode, score_ids
+        from ...data.preference_encode import encode_prompt, encode_response
+        from ...score import score_ids
 
         msgs = prompt_messages or [[{"role": "user", "content": p}] for p in prompts]
         # The completion as the assistant turn, rendered with the reward model's own template, as
-        # `tunesmith score` renders a {prompt, response} row.
-        seqs = [_encode(self.tok, m, [{"role": "assistant", "content": c}], "rollout") for m, c in zip(msgs, completions)]
+        # `tunesmith score` renders a {prompt, response} row (score._encode, kept in its two parts here
+        # because debias_length needs the response's token count).
+        seqs, n = [], []
+        for m, c in zip(msgs, completions):
+            text, p_ids = encode_prompt(self.tok, m, "rollout")
+            r_ids = encode_response(self.tok, m, text, p_ids, [{"role": "assistant", "content": c}], "rollout")
+            seqs.append(p_ids + r_ids)
+            n.append(len(r_ids))
         scores = score_ids(self.model, seqs, self.pad_id).tolist()
-        if not self.slope:
-            return scores
-        n = [len(s) - len(encode_prompt(self.tok, m, "rollout")[1]) for s, m in zip(seqs, msgs)]  # response tokens
-        return [x - self.slope * k for x, k in zip(scores, n)]
+        return [x - self.slope * k for x, k in zip(scores, n)] if self.slope else scores
 
 
 def _training_data(run_dir: str) -> list[Path]:
